@@ -1,0 +1,1 @@
+"""Prefect flows composing the tasks, the CLI, and the deployments (`prefect.yaml`)."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin, retryable wrappers over `udl`, passing paths and small records only."""

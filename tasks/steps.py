@@ -1,0 +1,134 @@
+"""One Prefect task per pipeline step. Each returns its small step record (a dict)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks._common import STEP_OPTIONS, run_step, step_key
+from udl.cluster.assign import cluster_embeddings
+from udl.config import PipelineConfig
+from udl.corpus import ingest
+from udl.describe import Description
+from udl.embed import embed_corpus
+from udl.features import compute_features
+from udl.manifest import STEPS, write_manifest
+from udl.parallel import dask_client
+from udl.report import build_report
+from udl.storage import RunLayout, mark_latest, read_json
+
+__all__ = ["cluster_task", "embed_task", "ingest_task", "preprocess_task", "report_task"]
+
+MAX_TABLE_ROWS = 100
+
+
+@task(name="ingest", **STEP_OPTIONS)
+def ingest_task(layout: RunLayout, config: PipelineConfig) -> dict:
+    """Read the corpus into `corpus/` and `rejects/`."""
+
+    def compute() -> dict:
+        result = ingest(config.input, layout.corpus, layout.rejects)
+        record = asdict(result)
+        record["per_source"] = {k: asdict(v) for k, v in result.per_source.items()}
+        return {"rows": result.rows_ingested, **record}
+
+    return run_step(layout, "ingest", step_key(config.input), compute)
+
+
+@task(name="preprocess", **STEP_OPTIONS)
+def preprocess_task(layout: RunLayout, config: PipelineConfig, upstream: dict) -> dict:
+    """Hashed TF-IDF of every corpus part on Dask, into `features/`."""
+
+    def compute() -> dict:
+        with dask_client(config.runtime):
+            result = compute_features(
+                layout.corpus, layout.features, layout.models, config.preprocess
+            )
+        return {"rows": result.n_docs, **asdict(result)}
+
+    key = step_key(upstream["key"], config.preprocess)
+    return run_step(layout, "preprocess", key, compute)
+
+
+@task(name="embed", **STEP_OPTIONS)
+def embed_task(layout: RunLayout, config: PipelineConfig, upstream: dict) -> dict:
+    """Train the encoder on a sample and write `embeddings/`."""
+
+    def compute() -> dict:
+        result = embed_corpus(
+            layout.corpus,
+            layout.features,
+            layout.embeddings,
+            layout.models,
+            config.encoder,
+            config.preprocess,
+            config.runtime.seed,
+        )
+        return {"rows": result.n_docs, **asdict(result)}
+
+    key = step_key(upstream["key"], config.encoder, config.runtime.seed)
+    return run_step(layout, "embed", key, compute)
+
+
+@task(name="cluster", **STEP_OPTIONS)
+def cluster_task(layout: RunLayout, config: PipelineConfig, upstream: dict) -> dict:
+    """Cluster the embeddings and write `assignments/`."""
+
+    def compute() -> dict:
+        result = cluster_embeddings(
+            layout.embeddings,
+            layout.corpus,
+            layout.assignments,
+            layout.models,
+            config.cluster,
+            layout.run_id,
+            config.runtime.seed,
+        )
+        return {"rows": result.n_docs, **asdict(result)}
+
+    key = step_key(upstream["key"], config.cluster, config.runtime.seed)
+    return run_step(layout, "cluster", key, compute)
+
+
+def _artifacts(layout: RunLayout, metrics: dict, description: Description) -> None:
+    """Headline metrics (markdown) and a cluster table in the Prefect UI; data stays in Parquet."""
+    headline = ["silhouette", "calinski_harabasz", "davies_bouldin", "nmi", "ari", "acc"]
+    lines = [
+        f"# udl run `{layout.run_id}`",
+        (
+            f"{metrics['n_docs']} documents, {metrics['n_clusters']} clusters "
+            f"({metrics['algorithm']}, {metrics['metric']}), {metrics['n_rejected']} rejected."
+        ),
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *(f"| {m} | {metrics[m]:.4f} |" for m in headline if metrics.get(m) is not None),
+        "",
+        f"Report: [{layout.report / 'index.html'}](file://{layout.report / 'index.html'})  ",
+        f"Assignments: `{layout.assignments}`",
+    ]
+    create_markdown_artifact(markdown="\n".join(lines), key="udl-run-summary")
+    rows = [
+        {"cluster": c.cluster_id, "size": c.size, "keywords": ", ".join(c.keywords)}
+        for c in description.clusters[:MAX_TABLE_ROWS]
+    ]
+    create_table_artifact(table=rows, key="udl-clusters")
+
+
+@task(name="report", **STEP_OPTIONS)
+def report_task(layout: RunLayout, config: PipelineConfig, upstream: dict) -> dict:
+    """Evaluate, write `report/` and the manifest, publish artifacts, point `latest` here."""
+    steps = {step: read_json(layout.steps / f"{step}.json") for step in STEPS[:-1]}
+
+    def compute() -> dict:
+        metrics, description = build_report(layout, config, steps)
+        _artifacts(layout, metrics, description)
+        return {"rows": metrics["n_docs"], "metrics": metrics}
+
+    key = step_key(upstream["key"], config.report)
+    record = run_step(layout, "report", key, compute)
+    write_manifest(layout, config, status="completed")
+    mark_latest(layout)
+    return record

@@ -1,0 +1,1 @@
+"""PyTorch encoders that turn documents into vectors."""

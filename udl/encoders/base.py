@@ -1,0 +1,96 @@
+"""What every encoder shares: the document batch it reads, the reconstruction target, the
+protocol it implements, and device/seed handling."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Self
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from numpy.typing import NDArray
+
+from udl.errors import ConfigError
+
+__all__ = [
+    "DocumentBatch",
+    "Encoder",
+    "reconstruction_target",
+    "resolve_device",
+    "seed_everything",
+]
+
+
+@dataclass(frozen=True)
+class DocumentBatch:
+    """Documents as an encoder sees them.
+
+    Attributes:
+        tfidf: float32 CSR matrix (n_docs, n_features), rows L2-normalised.
+        texts: the documents' texts (for encoders that read tokens), same order.
+    """
+
+    tfidf: sp.csr_matrix
+    texts: list[str]
+
+    def __len__(self) -> int:
+        return self.tfidf.shape[0]
+
+    def take(self, rows: NDArray[np.int64]) -> DocumentBatch:
+        return DocumentBatch(self.tfidf[rows], [self.texts[i] for i in rows])
+
+
+class Encoder(Protocol):
+    """A trainable document encoder (see `udl.encoders.autoencoder` for the model one)."""
+
+    dim: int
+
+    def fit(self, train: DocumentBatch, valid: DocumentBatch) -> Self:
+        """Train without labels; `valid` drives early stopping."""
+        ...
+
+    def transform(self, docs: DocumentBatch) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Return embeddings (n_docs, dim) and anomaly scores (n_docs,), both float32."""
+        ...
+
+    def save(self, folder: Path) -> None:
+        """Write `config.json` and `weights.pt` into `folder`."""
+        ...
+
+
+def reconstruction_target(tfidf: sp.csr_matrix, features: NDArray[np.int64]) -> torch.Tensor:
+    """Dense, L2-normalised TF-IDF restricted to `features`: what decoders reconstruct.
+
+    Args:
+        tfidf: float32 CSR (n_docs, n_features).
+        features: int64 array (n_targets,) of feature ids.
+
+    Returns:
+        float32 tensor (n_docs, n_targets); all-zero rows stay zero.
+    """
+    dense = np.asarray(tfidf[:, features].todense(), dtype=np.float32)
+    norms = np.linalg.norm(dense, axis=1, keepdims=True)
+    return torch.from_numpy(dense / np.maximum(norms, 1e-12))
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map 'auto' | 'cpu' | 'cuda' to a torch device, failing clearly when CUDA is missing."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            'device="cuda" requested but torch.cuda.is_available() is False. '
+            'Use device="auto" to fall back to CPU.'
+        )
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch generator for data order."""
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (libraries that use the global state)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)

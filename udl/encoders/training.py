@@ -1,0 +1,107 @@
+"""The training loop shared by the encoders: mini-batches, Adam, early stopping, bf16 on CUDA."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["TrainingResult", "train"]
+
+log = logging.getLogger(__name__)
+
+# A loss function maps a slice of row positions to per-document losses (n_rows,).
+LossFn = Callable[[np.ndarray], torch.Tensor]
+
+
+@dataclass
+class TrainingResult:
+    """How training went: per-epoch losses and the epoch whose weights were kept."""
+
+    train_loss: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[np.ndarray]:
+    order = torch.randperm(n, generator=generator).numpy() if generator else np.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op on CPU so CPU runs stay exact and deterministic."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train(
+    model: torch.nn.Module,
+    train_loss: LossFn,
+    valid_loss: LossFn,
+    n_train: int,
+    n_valid: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    patience: int,
+    generator: torch.Generator,
+    device: torch.device,
+    desc: str = "train",
+) -> TrainingResult:
+    """Train `model` with Adam, keeping the weights of the best validation epoch.
+
+    Stops after `patience` epochs without a validation improvement of at least 0.1%.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    result = TrainingResult()
+    best_state = copy.deepcopy(model.state_dict())
+    best, stale = float("inf"), 0
+    for epoch in tqdm(range(epochs), desc=desc, unit="epoch", disable=None):
+        model.train()
+        total = 0.0
+        for rows in _batches(n_train, batch_size, generator):
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                loss = train_loss(rows).float().mean()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(rows)
+        result.train_loss.append(total / max(n_train, 1))
+        result.valid_loss.append(_evaluate(model, valid_loss, n_valid, batch_size, device))
+        log.info(
+            "%s epoch %d: train %.5f valid %.5f",
+            desc,
+            epoch,
+            result.train_loss[-1],
+            result.valid_loss[-1],
+        )
+        if result.valid_loss[-1] < best * 0.999:
+            best, stale, result.best_epoch = result.valid_loss[-1], 0, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    model.load_state_dict(best_state)
+    return result
+
+
+@torch.no_grad()
+def _evaluate(
+    model: torch.nn.Module, loss_fn: LossFn, n: int, batch_size: int, device: torch.device
+) -> float:
+    model.eval()
+    total = 0.0
+    for rows in _batches(n, batch_size, None):
+        with autocast(device):
+            total += float(loss_fn(rows).float().sum())
+    return total / max(n, 1)

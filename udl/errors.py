@@ -1,0 +1,43 @@
+"""One exception hierarchy for udl; each message names what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+__all__ = ["ConfigError", "InputDataError", "SchemaError", "UdlError"]
+
+
+class UdlError(Exception):
+    """Base class: a problem in the user's configuration or data, never worth a retry."""
+
+
+class ConfigError(UdlError, ValueError):
+    """A configuration value is invalid or does not fit the data."""
+
+    @classmethod
+    def from_validation_error(cls, exc: ValidationError, model: str) -> ConfigError:
+        """Render each pydantic error as `The 'a.b' parameter of Model ...: reason. Got X.`."""
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(part) for part in err["loc"]) or "<root>"
+            got = f" Got {err['input']!r} instead." if err["type"] != "missing" else ""
+            lines.append(f"The '{loc}' parameter of {model}: {err['msg']}.{got}")
+        return cls("\n".join(lines))
+
+
+class InputDataError(UdlError):
+    """The input cannot be read as a corpus at all (as opposed to single bad rows)."""
+
+    def __init__(self, source: str, reason: str, row: int | None = None) -> None:
+        where = f"{source}:{row}" if row is not None else source
+        super().__init__(f"{where}: {reason}")
+        self.source = source
+        self.row = row
+        self.reason = reason
+
+
+class SchemaError(UdlError):
+    """A dataset written by an earlier step does not have the columns this step needs."""

@@ -1,0 +1,42 @@
+"""The Dask cluster a run computes on: an existing scheduler, or a LocalCluster for the run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from distributed import Client, LocalCluster
+
+from udl.config import RuntimeConfig
+
+__all__ = ["dask_client"]
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def dask_client(runtime: RuntimeConfig) -> Iterator[Client]:
+    """Open a Dask client, made the default scheduler inside the block.
+
+    With `runtime.dask_address` it connects to that scheduler (whose workers must reach the
+    run's paths); otherwise it starts a LocalCluster of worker processes, one thread each,
+    with the configured memory limit, and tears it down afterwards.
+    """
+    if runtime.dask_address:
+        log.info("connecting to Dask scheduler %s", runtime.dask_address)
+        with Client(runtime.dask_address, set_as_default=True) as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=runtime.dask_workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=runtime.dask_memory_limit,
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster, set_as_default=True) as client,
+    ):
+        log.info("started local Dask cluster with %d workers", runtime.dask_workers)
+        yield client

@@ -1,0 +1,84 @@
+"""Column names and Arrow schemas of every dataset a run writes (the output contract)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+__all__ = [
+    "ASSIGNMENTS_SCHEMA",
+    "DOC_ID",
+    "EMBEDDINGS_FIELDS",
+    "FEATURES_SCHEMA",
+    "LABEL",
+    "REJECTS_SCHEMA",
+    "TEXT",
+    "embeddings_schema",
+]
+
+DOC_ID = "doc_id"
+TEXT = "text"
+LABEL = "label"
+SOURCE = "source"
+ROW = "row"
+TRUNCATED = "truncated"
+REASON = "reason"
+RAW = "raw"
+INDICES = "indices"
+VALUES = "values"
+EMBEDDING = "embedding"
+ANOMALY = "anomaly_score"
+CLUSTER_ID = "cluster_id"
+DISTANCE = "distance"
+CONFIDENCE = "confidence"
+RUN_ID = "run_id"
+
+# Corpus datasets have these columns first, then the label and metadata columns as strings.
+CORPUS_FIELDS = [
+    pa.field(DOC_ID, pa.string(), nullable=False),
+    pa.field(TEXT, pa.string(), nullable=False),
+    pa.field(SOURCE, pa.string(), nullable=False),
+    pa.field(ROW, pa.int64(), nullable=False),
+    pa.field(TRUNCATED, pa.bool_(), nullable=False),
+]
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field(SOURCE, pa.string(), nullable=False),
+        pa.field(ROW, pa.int64()),
+        pa.field(DOC_ID, pa.string()),
+        pa.field(REASON, pa.string(), nullable=False),
+        pa.field(RAW, pa.string()),
+    ]
+)
+
+FEATURES_SCHEMA = pa.schema(
+    [
+        pa.field(DOC_ID, pa.string(), nullable=False),
+        pa.field(INDICES, pa.list_(pa.int32()), nullable=False),
+        pa.field(VALUES, pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    """Schema of `embeddings/`: one fixed-size float32 vector and an anomaly score per doc."""
+    return pa.schema(
+        [
+            pa.field(DOC_ID, pa.string(), nullable=False),
+            pa.field(EMBEDDING, pa.list_(pa.float32(), dim), nullable=False),
+            pa.field(ANOMALY, pa.float32(), nullable=False),
+        ]
+    )
+
+
+EMBEDDINGS_FIELDS = (DOC_ID, EMBEDDING, ANOMALY)
+
+ASSIGNMENTS_SCHEMA = pa.schema(
+    [
+        pa.field(DOC_ID, pa.string(), nullable=False),
+        pa.field(CLUSTER_ID, pa.int32(), nullable=False),
+        pa.field(DISTANCE, pa.float32(), nullable=False),
+        pa.field(CONFIDENCE, pa.float32(), nullable=False),
+        pa.field(RUN_ID, pa.string(), nullable=False),
+    ]
+)
