@@ -26,6 +26,8 @@ def clustering_pipeline(config: PipelineConfig = PipelineConfig()) -> str:  # no
     """Cluster a text corpus: ingest, TF-IDF on Dask, embed with PyTorch, cluster with FAISS,
     evaluate and report. Returns the run folder (``<output_dir>/runs/<run_id>``)."""
     logging.getLogger("udl").setLevel(logging.INFO)
+    # Dask's scheduler and nanny log every worker start and stop at INFO; keep the run log readable.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     layout = run_layout(config)
     get_run_logger().info("run %s in %s", layout.run_id, layout.run_dir)
     layout.run_dir.mkdir(parents=True, exist_ok=True)
