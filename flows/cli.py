@@ -33,6 +33,60 @@ def _eps(value: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
 
 
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML file with a PipelineConfig")
+    parser.add_argument(
+        "--seed", type=int, metavar="N", help="seed of every random step (default: 0)"
+    )
+    parser.add_argument(
+        "--run-id", metavar="ID", help="run folder name; reuse one to resume a failed run"
+    )
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("clustering")
+    group.add_argument(
+        "--algorithm", choices=["kmeans", "dbscan"], help="clustering algorithm (default: kmeans)"
+    )
+    group.add_argument("--k", type=_k, metavar="N|auto", help="number of k-means clusters, or auto")
+    group.add_argument("--eps", type=_eps, metavar="X|auto", help="DBSCAN radius, or auto")
+    group.add_argument(
+        "--min-samples", type=int, metavar="N", help="DBSCAN neighbours of a core point"
+    )
+    group.add_argument(
+        "--metric", choices=["cosine", "l2"], help="embedding distance (default: cosine)"
+    )
+
+
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("input")
+    group.add_argument(
+        "--format",
+        choices=["auto", "csv", "tsv", "jsonl", "parquet", "text"],
+        help="input format (default: from the extension)",
+    )
+    group.add_argument("--text-column", metavar="C", help="column with the text (default: text)")
+    group.add_argument(
+        "--id-column", metavar="C", help="column with unique ids ('' derives stable ids)"
+    )
+    group.add_argument(
+        "--label-column", metavar="C", help="column with known classes, for evaluation only"
+    )
+    group.add_argument(
+        "--metadata-column",
+        metavar="C",
+        action="append",
+        dest="metadata_columns",
+        help="extra column carried to the assignments (repeatable)",
+    )
+    parser.add_argument(
+        "--encoder", choices=["autoencoder", "attention"], help="encoder (default: autoencoder)"
+    )
+    parser.add_argument(
+        "--dask-address", metavar="ADDR", help="existing Dask scheduler (default: a local cluster)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="udl",
@@ -41,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"udl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+
     run = commands.add_parser(
         "run",
         help="run the whole pipeline on a corpus",
@@ -49,47 +104,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("input", metavar="INPUT", help="corpus file, folder, glob or fsspec URL")
     run.add_argument("--output", "-o", metavar="DIR", required=True, help="output root folder")
-    run.add_argument("--config", metavar="FILE", help="YAML file with a PipelineConfig")
-    run.add_argument(
-        "--format",
-        choices=["auto", "csv", "tsv", "jsonl", "parquet", "text"],
-        help="input format (default: from the extension)",
+    _add_config_options(run)
+    _add_input_options(run)
+    _add_cluster_options(run)
+
+    ingest = commands.add_parser(
+        "ingest",
+        help="ingest a corpus into a run folder and stop",
+        description="Ingest INPUT into DIR/runs/<run_id>/corpus and rejects; `udl run` with the "
+        "same --run-id continues from there.",
     )
-    run.add_argument("--text-column", metavar="C", help="column with the text (default: text)")
-    run.add_argument(
-        "--id-column", metavar="C", help="column with unique ids ('' derives stable ids)"
+    ingest.add_argument("input", metavar="INPUT", help="corpus file, folder, glob or fsspec URL")
+    ingest.add_argument("--output", "-o", metavar="DIR", required=True, help="output root folder")
+    _add_config_options(ingest)
+    _add_input_options(ingest)
+
+    recluster = commands.add_parser(
+        "recluster",
+        help="cluster an existing run's embeddings again, into a new run",
+        description="Reuse the corpus, features and embeddings of run FROM (default: latest) "
+        "and cluster them with other settings into a new run.",
     )
-    run.add_argument(
-        "--label-column", metavar="C", help="column with known classes, for evaluation only"
+    recluster.add_argument(
+        "--output", "-o", metavar="DIR", required=True, help="output root folder"
     )
-    run.add_argument(
-        "--metadata-column",
-        metavar="C",
-        action="append",
-        dest="metadata_columns",
-        help="extra column carried to the assignments (repeatable)",
+    recluster.add_argument(
+        "--from", dest="source_run", default="latest", metavar="RUN", help="source run id"
     )
-    run.add_argument(
-        "--encoder", choices=["autoencoder", "attention"], help="encoder (default: autoencoder)"
+    _add_config_options(recluster)
+    _add_cluster_options(recluster)
+
+    report = commands.add_parser(
+        "report",
+        help="rebuild the report of an existing run",
+        description="Rebuild the report "
+        "of run RUN (default: latest) with the report settings of --config.",
     )
-    run.add_argument(
-        "--algorithm", choices=["kmeans", "dbscan"], help="clustering algorithm (default: kmeans)"
+    report.add_argument("--output", "-o", metavar="DIR", required=True, help="output root folder")
+    report.add_argument("--run", dest="report_run", default="latest", metavar="RUN", help="run id")
+    report.add_argument("--config", metavar="FILE", help="YAML file whose report section is used")
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the pipeline on a schedule from this machine (no server setup needed)",
+        description="Register a deployment running the pipeline on a cron schedule and keep "
+        "executing its runs (scheduled ones and those triggered from the Prefect UI) until "
+        "stopped. Needs PREFECT_API_URL pointing at a Prefect server for the UI.",
     )
-    run.add_argument("--k", type=_k, metavar="N|auto", help="number of k-means clusters, or auto")
-    run.add_argument("--eps", type=_eps, metavar="X|auto", help="DBSCAN radius, or auto")
-    run.add_argument(
-        "--min-samples", type=int, metavar="N", help="DBSCAN neighbours of a core point"
-    )
-    run.add_argument(
-        "--metric", choices=["cosine", "l2"], help="embedding distance (default: cosine)"
-    )
-    run.add_argument("--seed", type=int, metavar="N", help="seed of every random step (default: 0)")
-    run.add_argument(
-        "--run-id", metavar="ID", help="run folder name; reuse one to resume a failed run"
-    )
-    run.add_argument(
-        "--dask-address", metavar="ADDR", help="existing Dask scheduler (default: a local cluster)"
-    )
+    serve.add_argument("--config", metavar="FILE", help="YAML file with the run's PipelineConfig")
+    serve.add_argument("--name", default="nightly-clustering", help="deployment name")
+    serve.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: 02:00 daily)")
+    serve.add_argument("--timezone", default="UTC", help="timezone of the schedule (IANA name)")
     return parser
 
 
@@ -114,13 +179,48 @@ OVERRIDES = {
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """The config file (or defaults) with the command-line options applied on top."""
-    base = load_config(args.config) if args.config else PipelineConfig()
-    overrides: dict[str, Any] = {"input.path": args.input}
+    base = load_config(args.config) if getattr(args, "config", None) else PipelineConfig()
+    overrides: dict[str, Any] = {}
+    if getattr(args, "input", None) is not None:
+        overrides["input.path"] = args.input
     for option, dotted in OVERRIDES.items():
-        value = getattr(args, option)
+        value = getattr(args, option, None)
         if value is not None:
             overrides[dotted] = value
     return base.with_overrides(overrides)
+
+
+def _print_run(run_dir: Path) -> None:
+    print(f"run:         {run_dir}")
+    print(f"assignments: {run_dir / 'assignments'}")
+    print(f"rejects:     {run_dir / 'rejects'}")
+    print(f"report:      {run_dir / 'report' / 'index.html'}")
+    print(f"metrics:     {run_dir / 'report' / 'metrics.json'}")
+    print(f"latest:      {run_dir.parent.parent / 'latest'}")
+
+
+def _dispatch(args: argparse.Namespace, config: PipelineConfig) -> int:
+    from flows import pipeline  # imports Prefect only once the arguments are valid
+
+    if args.command == "run":
+        _print_run(Path(pipeline.clustering_pipeline(config)))
+    elif args.command == "ingest":
+        run_dir = Path(pipeline.ingest_only(config))
+        print(f"run:     {run_dir}\ncorpus:  {run_dir / 'corpus'}\nrejects: {run_dir / 'rejects'}")
+    elif args.command == "recluster":
+        _print_run(Path(pipeline.recluster(config, args.source_run)))
+    elif args.command == "report":
+        run_dir = Path(pipeline.rereport(args.output, args.report_run, config.report))
+        print(f"report:  {run_dir / 'report' / 'index.html'}")
+    else:
+        from prefect.schedules import Cron
+
+        pipeline.clustering_pipeline.serve(
+            name=args.name,
+            schedules=[Cron(args.cron, timezone=args.timezone)],
+            parameters={"config": config.model_dump(mode="json")},
+        )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,20 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    from flows.pipeline import clustering_pipeline  # imports Prefect only when running
-
     try:
-        run_dir = Path(clustering_pipeline(config))
+        return _dispatch(args, config)
     except UdlError as exc:
         print(f"udl: error: {exc}", file=sys.stderr)
         return 1
-    print(f"run:         {run_dir}")
-    print(f"assignments: {run_dir / 'assignments'}")
-    print(f"rejects:     {run_dir / 'rejects'}")
-    print(f"report:      {run_dir / 'report' / 'index.html'}")
-    print(f"metrics:     {run_dir / 'report' / 'metrics.json'}")
-    print(f"latest:      {run_dir.parent.parent / 'latest'}")
-    return 0
 
 
 if __name__ == "__main__":

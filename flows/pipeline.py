@@ -1,4 +1,14 @@
-"""The main flow: ingest → preprocess → embed → cluster → report, one run folder per run."""
+"""The flows: the whole pipeline, and the steps a user runs alone (ingest, re-cluster, re-report).
+
+Each run lives in ``<output_dir>/runs/<run_id>/``. The flow computes every step's key from the
+upstream key, the step's config and the code version; tasks are cached on that key inside the
+run folder, so rerunning a run id does only the work that is not done yet.
+
+Dask runs *inside* the preprocess task (a client to a LocalCluster, or to the configured
+scheduler), not as the Prefect task runner: the corpus is a few large partitions, not
+thousands of small Prefect tasks, and the other steps (torch, FAISS) must stay in the flow
+process where they own the machine's cores or GPU.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +17,15 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from tasks._common import for_run
 from tasks.steps import cluster_task, embed_task, ingest_task, preprocess_task, report_task
-from udl.config import PipelineConfig
-from udl.manifest import new_run_id, write_manifest
-from udl.storage import RunLayout
+from udl.config import PipelineConfig, ReportConfig
+from udl.errors import ConfigError
+from udl.fingerprint import source_fingerprint, step_key
+from udl.manifest import new_run_id, reuse_steps, write_manifest
+from udl.storage import RunLayout, read_json
 
-__all__ = ["clustering_pipeline", "run_layout"]
+__all__ = ["clustering_pipeline", "ingest_only", "recluster", "rereport", "run_layout"]
 
 
 def run_layout(config: PipelineConfig) -> RunLayout:
@@ -21,24 +34,123 @@ def run_layout(config: PipelineConfig) -> RunLayout:
     return RunLayout(output, config.runtime.run_id or new_run_id())
 
 
+def _existing_run(output_dir: str, run_id: str) -> RunLayout:
+    """An existing run by id, or the newest completed one for ``latest``."""
+    output = Path(output_dir).expanduser().resolve()
+    if run_id == "latest":
+        latest = output / "latest"
+        if not latest.exists():
+            raise ConfigError(f"no completed run in {output} (no 'latest' link)")
+        run_id = latest.resolve().name
+    layout = RunLayout(output, run_id)
+    if not layout.manifest.exists():
+        raise ConfigError(f"no run {run_id!r} in {output / 'runs'}")
+    return layout
+
+
+def _quiet_dask_logs() -> None:
+    logging.getLogger("udl").setLevel(logging.INFO)
+    # Dask's scheduler and nanny log every worker start and stop at INFO; keep the run log readable.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+def _ingest_key(layout: RunLayout, config: PipelineConfig) -> str:
+    return step_key("ingest", str(layout.run_dir), source_fingerprint(config.input), config.input)
+
+
+def _cluster_and_report(layout: RunLayout, config: PipelineConfig, embed_key: str) -> None:
+    runtime = config.runtime
+    cluster_key = step_key("cluster", embed_key, config.cluster, runtime.seed)
+    for_run(cluster_task, layout, runtime)(layout, config, cluster_key)
+    report_key = step_key("report", cluster_key, config.report)
+    for_run(report_task, layout, runtime)(layout, config, report_key)
+
+
 @flow(name="udl-pipeline", log_prints=True)
 def clustering_pipeline(config: PipelineConfig = PipelineConfig()) -> str:  # noqa: B008
     """Cluster a text corpus: ingest, TF-IDF on Dask, embed with PyTorch, cluster with FAISS,
     evaluate and report. Returns the run folder (``<output_dir>/runs/<run_id>``)."""
-    logging.getLogger("udl").setLevel(logging.INFO)
-    # Dask's scheduler and nanny log every worker start and stop at INFO; keep the run log readable.
-    logging.getLogger("distributed").setLevel(logging.WARNING)
+    _quiet_dask_logs()
     layout = run_layout(config)
+    runtime = config.runtime
     get_run_logger().info("run %s in %s", layout.run_id, layout.run_dir)
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(layout, config, status="running")
     try:
-        ingested = ingest_task(layout, config)
-        features = preprocess_task(layout, config, ingested)
-        embedded = embed_task(layout, config, features)
-        clustered = cluster_task(layout, config, embedded)
-        report_task(layout, config, clustered)
+        key = _ingest_key(layout, config)
+        for_run(ingest_task, layout, runtime)(layout, config, key)
+        key = step_key("preprocess", key, config.preprocess)
+        for_run(preprocess_task, layout, runtime)(layout, config, key)
+        key = step_key("embed", key, config.encoder, runtime.seed)
+        for_run(embed_task, layout, runtime)(layout, config, key)
+        _cluster_and_report(layout, config, key)
     except BaseException:
         write_manifest(layout, config, status="failed")
         raise
+    write_manifest(layout, config, status="completed")
+    return str(layout.run_dir)
+
+
+@flow(name="udl-ingest", log_prints=True)
+def ingest_only(config: PipelineConfig = PipelineConfig()) -> str:  # noqa: B008
+    """Ingest the corpus into a run folder (corpus + rejects) and stop. Running the pipeline
+    later with the same run id reuses this ingest."""
+    _quiet_dask_logs()
+    layout = run_layout(config)
+    layout.run_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(layout, config, status="running")
+    for_run(ingest_task, layout, config.runtime)(layout, config, _ingest_key(layout, config))
+    write_manifest(layout, config, status="ingested")
+    return str(layout.run_dir)
+
+
+@flow(name="udl-recluster", log_prints=True)
+def recluster(
+    config: PipelineConfig = PipelineConfig(),  # noqa: B008
+    source_run: str = "latest",
+) -> str:
+    """Cluster the embeddings of an existing run again with this config's cluster and report
+    settings, into a new run (the source run is never modified)."""
+    _quiet_dask_logs()
+    source = _existing_run(config.runtime.output_dir, source_run)
+    layout = run_layout(config)
+    if layout.run_dir == source.run_dir:
+        raise ConfigError("recluster needs a new run id, not the source run's")
+    get_run_logger().info("run %s re-clusters run %s", layout.run_id, source.run_id)
+    layout.run_dir.mkdir(parents=True, exist_ok=True)
+    source_config = PipelineConfig.model_validate(read_json(source.manifest)["config"])
+    # The new run inherits what it reuses: input, preprocessing and encoder settings.
+    config = config.model_copy(
+        update={
+            "input": source_config.input,
+            "preprocess": source_config.preprocess,
+            "encoder": source_config.encoder,
+        }
+    )
+    write_manifest(layout, config, status="running")
+    try:
+        embedded = reuse_steps(source, layout, ("ingest", "preprocess", "embed"))
+        _cluster_and_report(layout, config, embedded["key"])
+    except BaseException:
+        write_manifest(layout, config, status="failed")
+        raise
+    write_manifest(layout, config, status="completed")
+    return str(layout.run_dir)
+
+
+@flow(name="udl-report", log_prints=True)
+def rereport(
+    output_dir: str = "udl-output",
+    run_id: str = "latest",
+    report: ReportConfig = ReportConfig(),  # noqa: B008
+) -> str:
+    """Rebuild the report of an existing run with these report settings."""
+    _quiet_dask_logs()
+    layout = _existing_run(output_dir, run_id)
+    manifest = read_json(layout.manifest)
+    config = PipelineConfig.model_validate(manifest["config"]).model_copy(update={"report": report})
+    cluster_key = read_json(layout.steps / "cluster.json")["key"]
+    report_key = step_key("report", cluster_key, config.report)
+    for_run(report_task, layout, config.runtime)(layout, config, report_key)
+    write_manifest(layout, config, status=manifest["status"])
     return str(layout.run_dir)

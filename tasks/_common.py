@@ -1,23 +1,28 @@
-"""What every step task shares: retry policy, step keys, and skip-if-done bookkeeping."""
+"""What every step task shares: the retry policy, the cache, and the step record.
+
+Caching: the flow computes each step's key from the upstream step's key, the step's config
+and the code version (`udl.fingerprint.step_key`); the task's cache key *is* that key, and
+its result (the small step record) is persisted as JSON inside the run folder. Rerunning a
+completed run therefore does no work (every task is a cache hit) and rerunning a failed run
+resumes at the step that failed. Outputs are Parquet under the run folder; Prefect only ever
+sees paths and row counts.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-from prefect import get_run_logger
-from prefect.cache_policies import NO_CACHE
+from prefect import Task, get_run_logger
 from prefect.tasks import exponential_backoff
 
-from udl import __version__
+from udl.config import RuntimeConfig
 from udl.errors import UdlError
-from udl.manifest import load_step, save_step
+from udl.manifest import save_step
 from udl.storage import RunLayout
 
-__all__ = ["STEP_OPTIONS", "retry_on_transient", "run_step", "step_key"]
+__all__ = ["STEP_OPTIONS", "for_run", "retry_on_transient", "run_step"]
 
 
 def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -31,35 +36,34 @@ def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-# Steps exchange paths under the run folder, so Prefect's result store and input hashing are
-# off; completed steps are recognised by their step records instead (see `run_step`).
+def _key_parameter(context: Any, parameters: dict[str, Any]) -> str:
+    return parameters["key"]
+
+
 STEP_OPTIONS: dict[str, Any] = {
     "retries": 2,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_delay_seconds": exponential_backoff(backoff_factor=5),
     "retry_jitter_factor": 0.5,
     "retry_condition_fn": retry_on_transient,
-    "cache_policy": NO_CACHE,
-    "persist_result": False,
+    "cache_key_fn": _key_parameter,
+    "persist_result": True,
+    "result_serializer": "json",
 }
 
 
-def step_key(*parts: Any) -> str:
-    """Key of a step's inputs: upstream key, the step's config and the code version."""
-    payload = json.dumps([__version__, *parts], sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+def for_run(task: Task, layout: RunLayout, runtime: RuntimeConfig) -> Task:
+    """The task with its cache kept in this run's folder and the configured time limit."""
+    return task.with_options(
+        result_storage=layout.cache, timeout_seconds=runtime.task_timeout_seconds
+    )
 
 
 def run_step(
     layout: RunLayout, step: str, key: str, compute: Callable[[], dict[str, Any]]
 ) -> dict[str, Any]:
-    """Run `compute` unless this run already completed `step` with the same key."""
-    logger = get_run_logger()
-    done = load_step(layout, step, key)
-    if done is not None:
-        logger.info("%s: already complete in run %s, reusing its outputs", step, layout.run_id)
-        return done
+    """Run `compute`, then record the step (rows, timing, key) in ``steps/<step>.json``."""
     started = time.perf_counter()
     result = compute()
     record = save_step(layout, step, key, {**result, "seconds": time.perf_counter() - started})
-    logger.info("%s: %s rows in %.1f s", step, record.get("rows"), record["seconds"])
+    get_run_logger().info("%s: %s rows in %.1f s", step, record.get("rows"), record["seconds"])
     return record

@@ -1,4 +1,8 @@
-"""One Prefect task per pipeline step. Each returns its small step record (a dict)."""
+"""One Prefect task per pipeline step. Each returns its small step record (a dict).
+
+Every task takes the run layout, the config and its step key (see `tasks._common`); the flow
+binds each task to the run with `for_run` so the cache lives in the run folder.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,14 @@ from dataclasses import asdict
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks._common import STEP_OPTIONS, run_step, step_key
+from tasks._common import STEP_OPTIONS, run_step
 from udl.cluster.assign import cluster_embeddings
 from udl.config import PipelineConfig
 from udl.corpus import ingest
 from udl.describe import Description
 from udl.embed import embed_corpus
 from udl.features import compute_features
-from udl.manifest import STEPS, write_manifest
+from udl.manifest import STEPS
 from udl.parallel import dask_client
 from udl.report import build_report
 from udl.storage import RunLayout, mark_latest, read_json
@@ -25,7 +29,7 @@ MAX_TABLE_ROWS = 100
 
 
 @task(name="ingest", **STEP_OPTIONS)
-def ingest_task(layout: RunLayout, config: PipelineConfig) -> dict:
+def ingest_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
     """Read the corpus into `corpus/` and `rejects/`."""
 
     def compute() -> dict:
@@ -34,11 +38,11 @@ def ingest_task(layout: RunLayout, config: PipelineConfig) -> dict:
         record["per_source"] = {k: asdict(v) for k, v in result.per_source.items()}
         return {"rows": result.rows_ingested, **record}
 
-    return run_step(layout, "ingest", step_key(config.input), compute)
+    return run_step(layout, "ingest", key, compute)
 
 
 @task(name="preprocess", **STEP_OPTIONS)
-def preprocess_task(layout: RunLayout, config: PipelineConfig, upstream: dict) -> dict:
+def preprocess_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
     """Hashed TF-IDF of every corpus part on Dask, into `features/`."""
 
     def compute() -> dict:
@@ -48,12 +52,11 @@ def preprocess_task(layout: RunLayout, config: PipelineConfig, upstream: dict) -
             )
         return {"rows": result.n_docs, **asdict(result)}
 
-    key = step_key(upstream["key"], config.preprocess)
     return run_step(layout, "preprocess", key, compute)
 
 
 @task(name="embed", **STEP_OPTIONS)
-def embed_task(layout: RunLayout, config: PipelineConfig, upstream: dict) -> dict:
+def embed_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
     """Train the encoder on a sample and write `embeddings/`."""
 
     def compute() -> dict:
@@ -68,12 +71,11 @@ def embed_task(layout: RunLayout, config: PipelineConfig, upstream: dict) -> dic
         )
         return {"rows": result.n_docs, **asdict(result)}
 
-    key = step_key(upstream["key"], config.encoder, config.runtime.seed)
     return run_step(layout, "embed", key, compute)
 
 
 @task(name="cluster", **STEP_OPTIONS)
-def cluster_task(layout: RunLayout, config: PipelineConfig, upstream: dict) -> dict:
+def cluster_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
     """Cluster the embeddings and write `assignments/`."""
 
     def compute() -> dict:
@@ -88,7 +90,6 @@ def cluster_task(layout: RunLayout, config: PipelineConfig, upstream: dict) -> d
         )
         return {"rows": result.n_docs, **asdict(result)}
 
-    key = step_key(upstream["key"], config.cluster, config.runtime.seed)
     return run_step(layout, "cluster", key, compute)
 
 
@@ -118,17 +119,14 @@ def _artifacts(layout: RunLayout, metrics: dict, description: Description) -> No
 
 
 @task(name="report", **STEP_OPTIONS)
-def report_task(layout: RunLayout, config: PipelineConfig, upstream: dict) -> dict:
-    """Evaluate, write `report/` and the manifest, publish artifacts, point `latest` here."""
+def report_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
+    """Evaluate, write `report/`, publish artifacts, point `<output_dir>/latest` here."""
     steps = {step: read_json(layout.steps / f"{step}.json") for step in STEPS[:-1]}
 
     def compute() -> dict:
         metrics, description = build_report(layout, config, steps)
         _artifacts(layout, metrics, description)
+        mark_latest(layout)
         return {"rows": metrics["n_docs"], "metrics": metrics}
 
-    key = step_key(upstream["key"], config.report)
-    record = run_step(layout, "report", key, compute)
-    write_manifest(layout, config, status="completed")
-    mark_latest(layout)
-    return record
+    return run_step(layout, "report", key, compute)

@@ -61,3 +61,31 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         yield
+
+
+@pytest.fixture(scope="session")
+def cli_run(
+    prefect_harness: None, small_corpus: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The pipeline run once through the CLI on `small_corpus` (k=4); its run folder."""
+    from flows.cli import main
+
+    output = tmp_path_factory.mktemp("pipeline") / "out"
+    code = main(
+        [
+            "run",
+            str(small_corpus),
+            "--output",
+            str(output),
+            "--id-column",
+            "doc_id",
+            "--label-column",
+            "label",
+            "--k",
+            "4",
+            "--run-id",
+            "first",
+        ]
+    )
+    assert code == 0
+    return output / "runs" / "first"

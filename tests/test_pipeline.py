@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows.cli import main
+from tests.helpers import task_states
 from udl.config import PipelineConfig
+from udl.manifest import STEPS
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -35,30 +36,6 @@ def _manifest_config(run_dir: Path) -> PipelineConfig:
     return PipelineConfig.model_validate(
         json.loads((run_dir / "manifest.json").read_text())["config"]
     )
-
-
-@pytest.fixture(scope="module")
-def cli_run(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run the pipeline once through the CLI; return its run folder."""
-    output = tmp_path_factory.mktemp("pipeline") / "out"
-    code = main(
-        [
-            "run",
-            str(small_corpus),
-            "--output",
-            str(output),
-            "--id-column",
-            "doc_id",
-            "--label-column",
-            "label",
-            "--k",
-            "4",
-            "--run-id",
-            "first",
-        ]
-    )
-    assert code == 0
-    return output / "runs" / "first"
 
 
 def test_output_layout(cli_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,8 +103,8 @@ def test_rerun_of_a_completed_run_does_no_work(cli_run: Path) -> None:
     before = {p.name: p.read_bytes() for p in (cli_run / "steps").iterdir()}
     parts = sorted((cli_run / "assignments").iterdir())
     assignments = [p.read_bytes() for p in parts]
-    config = _manifest_config(cli_run)
-    clustering_pipeline(config)
+    state = clustering_pipeline(_manifest_config(cli_run), return_state=True)
+    assert task_states(state) == dict.fromkeys(STEPS, "Cached")
     after = {p.name: p.read_bytes() for p in (cli_run / "steps").iterdir()}
     assert after == before
     assert [p.read_bytes() for p in sorted((cli_run / "assignments").iterdir())] == assignments

@@ -187,6 +187,15 @@ class ReportConfig(_Frozen):
     )
     n_keywords: int = Field(10, ge=1, le=100, description="Keywords listed per cluster.")
     n_examples: int = Field(5, ge=1, le=50, description="Representative documents per cluster.")
+    map_sample: int = Field(
+        5_000,
+        ge=100,
+        le=50_000,
+        description="Documents (from the metrics sample) drawn on the 2-D embedding map.",
+    )
+    n_outlier_examples: int = Field(
+        10, ge=0, le=100, description="Most anomalous documents listed in the report."
+    )
     outlier_fraction: float = Field(
         0.01,
         ge=0.0,
@@ -210,6 +219,9 @@ class RuntimeConfig(_Frozen):
     )
     dask_workers: int = Field(2, ge=1, le=256, description="Workers of the local Dask cluster.")
     dask_memory_limit: str = Field("4GiB", description="Memory limit per local Dask worker.")
+    task_timeout_seconds: int = Field(
+        6 * 3600, ge=1, description="A step running longer than this fails (and may retry)."
+    )
 
     @field_validator("run_id", "dask_address", mode="before")
     @classmethod

@@ -1,22 +1,25 @@
 """Run bookkeeping: run ids, one JSON record per completed step, and the run manifest.
 
-A step record stores the key of the inputs it was computed from (config hash + what it read);
-a rerun with the same run id finds the record and skips the step, so a failed run resumes at
-the step that failed.
+A step record stores the key of the inputs it was computed from, its row count and timing;
+the manifest gathers them. `reuse_steps` starts a run from another run's completed steps
+(re-clustering existing embeddings with other settings).
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import secrets
+import shutil
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from udl.config import PipelineConfig
+from udl.errors import UdlError
 from udl.storage import RunLayout, read_json, write_json_atomic
 
-__all__ = ["load_step", "new_run_id", "save_step", "versions", "write_manifest"]
+__all__ = ["STEPS", "new_run_id", "reuse_steps", "save_step", "versions", "write_manifest"]
 
 STEPS = ("ingest", "preprocess", "embed", "cluster", "report")
 PACKAGES = ("udl", "torch", "faiss-cpu", "pyarrow", "dask", "scikit-learn", "prefect", "numpy")
@@ -26,15 +29,6 @@ def new_run_id(now: datetime | None = None) -> str:
     """A sortable, unique run id such as ``20261122T020000Z-3fa9c1``."""
     now = now or datetime.now(UTC)
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-
-
-def load_step(layout: RunLayout, step: str, key: str) -> dict[str, Any] | None:
-    """The record of `step` if it completed with the same `key`, else None."""
-    path = layout.steps / f"{step}.json"
-    if not path.exists():
-        return None
-    record = read_json(path)
-    return record if record.get("key") == key else None
 
 
 def save_step(layout: RunLayout, step: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -73,3 +67,44 @@ def write_manifest(layout: RunLayout, config: PipelineConfig, status: str) -> di
     }
     write_json_atomic(layout.manifest, manifest)
     return manifest
+
+
+# What each reusable step produced: datasets are linked, fitted models copied (the new run
+# writes its own models next to them, and must never write into the source run).
+_STEP_DATASETS = {
+    "ingest": ("corpus", "rejects"),
+    "preprocess": ("features",),
+    "embed": ("embeddings",),
+}
+_STEP_MODELS = {
+    "ingest": (),
+    "preprocess": ("tfidf.parquet", "vocabulary.parquet"),
+    "embed": ("encoder",),
+}
+
+
+def reuse_steps(source: RunLayout, target: RunLayout, steps: tuple[str, ...]) -> dict[str, Any]:
+    """Start `target` from `source`'s completed `steps`; return the last step's record.
+
+    Raises:
+        UdlError: a step has not completed in `source`.
+    """
+    record: dict[str, Any] = {}
+    target.models.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+        path = source.steps / f"{step}.json"
+        if not path.exists():
+            raise UdlError(f"run {source.run_id} has no completed {step} step to reuse ({path})")
+        record = read_json(path)
+        for name in _STEP_DATASETS[step]:
+            link = getattr(target, name)
+            if not link.exists():
+                os.symlink(os.path.relpath(getattr(source, name), link.parent), link)
+        for name in _STEP_MODELS[step]:
+            src, dst = source.models / name, target.models / name
+            if src.is_dir():
+                shutil.copytree(src, dst, dirs_exist_ok=True)
+            else:
+                shutil.copy2(src, dst)
+        write_json_atomic(target.steps / f"{step}.json", {**record, "reused_from": source.run_id})
+    return record

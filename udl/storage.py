@@ -86,6 +86,11 @@ class RunLayout:
         return self.run_dir / "report"
 
     @property
+    def cache(self) -> Path:
+        """Prefect's persisted step results (the cache records), named by step key."""
+        return self.run_dir / "cache"
+
+    @property
     def manifest(self) -> Path:
         return self.run_dir / "manifest.json"
 
