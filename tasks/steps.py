@@ -15,12 +15,11 @@ from tasks._common import STEP_OPTIONS, run_step
 from udl.cluster.assign import cluster_embeddings
 from udl.config import PipelineConfig
 from udl.corpus import ingest
-from udl.describe import Description
 from udl.embed import embed_corpus
 from udl.features import compute_features
 from udl.manifest import STEPS
 from udl.parallel import dask_client
-from udl.report import build_report
+from udl.report import ReportResult, build_report
 from udl.storage import RunLayout, mark_latest, read_json
 
 __all__ = ["cluster_task", "embed_task", "ingest_task", "preprocess_task", "report_task"]
@@ -93,29 +92,10 @@ def cluster_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
     return run_step(layout, "cluster", key, compute)
 
 
-def _artifacts(layout: RunLayout, metrics: dict, description: Description) -> None:
+def _artifacts(result: ReportResult) -> None:
     """Headline metrics (markdown) and a cluster table in the Prefect UI; data stays in Parquet."""
-    headline = ["silhouette", "calinski_harabasz", "davies_bouldin", "nmi", "ari", "acc"]
-    lines = [
-        f"# udl run `{layout.run_id}`",
-        (
-            f"{metrics['n_docs']} documents, {metrics['n_clusters']} clusters "
-            f"({metrics['algorithm']}, {metrics['metric']}), {metrics['n_rejected']} rejected."
-        ),
-        "",
-        "| metric | value |",
-        "| --- | --- |",
-        *(f"| {m} | {metrics[m]:.4f} |" for m in headline if metrics.get(m) is not None),
-        "",
-        f"Report: [{layout.report / 'index.html'}](file://{layout.report / 'index.html'})  ",
-        f"Assignments: `{layout.assignments}`",
-    ]
-    create_markdown_artifact(markdown="\n".join(lines), key="udl-run-summary")
-    rows = [
-        {"cluster": c.cluster_id, "size": c.size, "keywords": ", ".join(c.keywords)}
-        for c in description.clusters[:MAX_TABLE_ROWS]
-    ]
-    create_table_artifact(table=rows, key="udl-clusters")
+    create_markdown_artifact(markdown=result.summary_markdown(), key="udl-run-summary")
+    create_table_artifact(table=result.cluster_rows(MAX_TABLE_ROWS), key="udl-clusters")
 
 
 @task(name="report", **STEP_OPTIONS)
@@ -124,9 +104,10 @@ def report_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
     steps = {step: read_json(layout.steps / f"{step}.json") for step in STEPS[:-1]}
 
     def compute() -> dict:
-        metrics, description = build_report(layout, config, steps)
-        _artifacts(layout, metrics, description)
+        # Before mark_latest: build_report compares with the run `latest` still points to.
+        result = build_report(layout, config, steps)
+        _artifacts(result)
         mark_latest(layout)
-        return {"rows": metrics["n_docs"], "metrics": metrics}
+        return {"rows": result.metrics["n_docs"], "metrics": result.metrics}
 
     return run_step(layout, "report", key, compute)

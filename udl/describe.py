@@ -1,30 +1,27 @@
 """What each cluster is about: size, keywords, representative documents, anomaly, outliers.
 
-One streamed pass over the aligned parts (assignments, features, embeddings' anomaly scores);
-memory holds per-cluster sums of TF-IDF (sparse), the best few candidates per cluster and the
-top outliers, never the corpus.
+`ClusterDescriber` takes the run one part at a time (aligned assignments, corpus texts,
+TF-IDF rows and anomaly scores) and keeps only per-cluster sums of TF-IDF (sparse), the best
+few candidates per cluster and the top outliers, never the corpus.
 
 Keywords use class-based TF-IDF (Grootendorst, BERTopic): the summed TF-IDF of a cluster's
 documents, scaled by ``log(1 + A / f_t)`` where ``f_t`` is the feature's total weight over all
 clusters and ``A`` the mean total weight per cluster, so words common to every cluster sink.
+Hashed feature ids are named through the run's vocabulary (most frequent token per feature);
+features without a name are skipped, so keywords are always words.
 """
 
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from udl import schema as S
-from udl.features import read_csr, read_vocabulary
-from udl.storage import dataset_parts
-
-__all__ = ["ClusterSummary", "Description", "Example", "class_tfidf", "describe_clusters"]
+__all__ = ["ClusterDescriber", "ClusterSummary", "Description", "Example", "class_tfidf"]
 
 
 @dataclass(frozen=True, order=True)
@@ -36,8 +33,10 @@ class Example:
     text: str = field(compare=False)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClusterSummary:
+    """One cluster: its size, keywords, documents nearest its centroid and mean anomaly."""
+
     cluster_id: int
     size: int
     share: float
@@ -46,8 +45,14 @@ class ClusterSummary:
     mean_anomaly: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class Description:
+    """Every cluster (largest first), the noise pseudo-cluster and the most anomalous documents.
+
+    `n_outliers_flagged` counts the documents whose anomaly score is at least
+    `anomaly_threshold` (exact count; the threshold itself comes from a sample).
+    """
+
     clusters: list[ClusterSummary]
     noise: ClusterSummary | None
     outliers: list[Example]
@@ -56,7 +61,14 @@ class Description:
 
 
 def class_tfidf(sums: sp.csr_matrix) -> sp.csr_matrix:
-    """c-TF-IDF of per-cluster summed TF-IDF rows (n_clusters, n_features)."""
+    """c-TF-IDF of per-cluster summed TF-IDF rows.
+
+    Args:
+        sums: float array (n_clusters, n_features), summed TF-IDF of each cluster's documents.
+
+    Returns:
+        The same shape, each feature scaled by ``log(1 + A / f_t)`` (module docstring).
+    """
     totals = np.asarray(sums.sum(axis=0)).ravel()
     mean_weight = float(sums.sum()) / max(sums.shape[0], 1)
     weights = np.zeros_like(totals)
@@ -72,7 +84,7 @@ def _top_keywords(row: sp.csr_matrix, vocabulary: dict[int, str], n: int) -> lis
 
 
 def _push(heap: list, item: Example, limit: int) -> None:
-    """Keep the `limit` smallest items (max-heap of negated scores)."""
+    """Keep the `limit` smallest items (max-heap of negated scores; ties by doc id)."""
     entry = (-item.score, item.doc_id, item)
     if len(heap) < limit:
         heapq.heappush(heap, entry)
@@ -80,104 +92,119 @@ def _push(heap: list, item: Example, limit: int) -> None:
         heapq.heapreplace(heap, entry)
 
 
-def describe_clusters(
-    assignments_dir: Path,
-    corpus_dir: Path,
-    features_dir: Path,
-    embeddings_dir: Path,
-    models_dir: Path,
-    n_features: int,
-    n_keywords: int = 10,
-    n_examples: int = 5,
-    outlier_fraction: float = 0.01,
-    n_outlier_examples: int = 10,
-) -> Description:
-    """Summarise every cluster and the outliers of a run (see the module docstring)."""
-    vocabulary = read_vocabulary(models_dir)
-    parts = zip(
-        dataset_parts(assignments_dir),
-        dataset_parts(corpus_dir),
-        dataset_parts(features_dir),
-        dataset_parts(embeddings_dir),
-        strict=True,
-    )
-    sums: sp.csr_matrix | None = None
-    sizes: dict[int, int] = {}
-    anomaly_sum: dict[int, float] = {}
-    nearest: dict[int, list] = {}
-    anomalies: list[NDArray[np.float32]] = []
-    outliers: list = []
-    for assign_part, corpus_part, features_part, emb_part in parts:
-        table = pq.read_table(assign_part, columns=[S.DOC_ID, S.CLUSTER_ID, S.DISTANCE])
-        labels = table.column(S.CLUSTER_ID).to_numpy()
-        distance = table.column(S.DISTANCE).to_numpy()
-        doc_ids = table.column(S.DOC_ID).to_pylist()
-        anomaly = pq.read_table(emb_part, columns=[S.ANOMALY]).column(S.ANOMALY).to_numpy()
-        anomalies.append(anomaly)
-        texts = pq.read_table(corpus_part, columns=[S.TEXT]).column(S.TEXT)
-        # Cluster ids shifted by one so that noise (-1) gets row 0 of the sums.
-        shifted = labels.astype(np.int64) + 1
-        n_rows = int(shifted.max()) + 1 if len(shifted) else 1
-        indicator = sp.csr_matrix(
-            (np.ones(len(shifted), np.float32), (shifted, np.arange(len(shifted)))),
-            shape=(n_rows, len(shifted)),
-        )
-        part_sums = indicator @ read_csr(pq.read_table(features_part), n_features)
-        sums = part_sums if sums is None else _add_padded(sums, part_sums)
-        for cluster in np.unique(labels):
-            members = np.flatnonzero(labels == cluster)
-            sizes[int(cluster)] = sizes.get(int(cluster), 0) + len(members)
-            anomaly_sum[int(cluster)] = anomaly_sum.get(int(cluster), 0.0) + float(
-                anomaly[members].sum()
-            )
-            heap = nearest.setdefault(int(cluster), [])
-            for i in members[np.argsort(distance[members], kind="stable")[:n_examples]]:
-                _push(
-                    heap, Example(float(distance[i]), doc_ids[i], texts[int(i)].as_py()), n_examples
-                )
-        for i in np.argsort(-anomaly, kind="stable")[:n_outlier_examples]:
-            _push(
-                outliers,
-                Example(-float(anomaly[i]), doc_ids[i], texts[int(i)].as_py()),
-                n_outlier_examples,
-            )
-    all_anomaly = np.concatenate(anomalies) if anomalies else np.zeros(0, np.float32)
-    n_docs = len(all_anomaly)
-    n_flagged = round(outlier_fraction * n_docs)
-    threshold = float(np.sort(all_anomaly)[-n_flagged]) if n_flagged else float("inf")
-    keywords = class_tfidf(sums) if sums is not None else None
+def _grow(a: NDArray, size: int) -> NDArray:
+    return a if len(a) >= size else np.concatenate([a, np.zeros(size - len(a), a.dtype)])
 
-    def summary(cluster: int) -> ClusterSummary:
-        examples = sorted(entry[2] for entry in nearest[cluster])
-        words = (
-            _top_keywords(keywords[cluster + 1], vocabulary, n_keywords)
-            if keywords is not None
-            else []
+
+class ClusterDescriber:
+    """Streams a run's parts into a `Description` (see the module docstring).
+
+    Args:
+        n_features: width of the hashed TF-IDF rows.
+        anomaly_threshold: documents scoring at least this are counted as outliers.
+        n_examples: representative documents kept per cluster (nearest its centroid).
+        n_outlier_examples: most anomalous documents kept.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        anomaly_threshold: float,
+        n_examples: int = 5,
+        n_outlier_examples: int = 10,
+    ) -> None:
+        self.n_features, self.anomaly_threshold = n_features, anomaly_threshold
+        self.n_examples, self.n_outlier_examples = n_examples, n_outlier_examples
+        # Row c + 1 holds cluster c, so noise (-1) is row 0.
+        self._sizes = np.zeros(1, np.int64)
+        self._anomaly = np.zeros(1, np.float64)
+        self._sums = sp.csr_matrix((1, n_features), dtype=np.float64)
+        self._nearest: dict[int, list] = {}
+        self._outliers: list = []
+        self._n_flagged = 0
+
+    def update(
+        self,
+        doc_ids: pa.Array | pa.ChunkedArray,
+        texts: pa.Array | pa.ChunkedArray,
+        clusters: NDArray[np.integer],
+        distance: NDArray[np.float32],
+        anomaly: NDArray[np.float32],
+        tfidf: sp.csr_matrix,
+    ) -> None:
+        """Add one part: n aligned documents.
+
+        Args:
+            doc_ids: n string ids (only the shown documents are converted to Python).
+            texts: n texts, likewise.
+            clusters: int array (n,), cluster id of each document (-1 = noise).
+            distance: float32 array (n,), distance to the own cluster's centroid.
+            anomaly: float32 array (n,), anomaly score.
+            tfidf: float32 CSR (n, n_features).
+        """
+        row = np.asarray(clusters, np.int64) + 1
+        size = int(row.max()) + 1 if len(row) else 1
+        self._sizes = _grow(self._sizes, size)
+        self._anomaly = _grow(self._anomaly, size)
+        self._sizes[:size] += np.bincount(row, minlength=size)
+        self._anomaly[:size] += np.bincount(row, weights=anomaly, minlength=size)
+        indicator = sp.csr_matrix(
+            (np.ones(len(row)), (row, np.arange(len(row)))), shape=(size, len(row))
         )
+        self._sums.resize((max(size, self._sums.shape[0]), self.n_features))
+        part_sums = (indicator @ tfidf.astype(np.float64)).tocsr()
+        part_sums.resize(self._sums.shape)
+        self._sums = (self._sums + part_sums).tocsr()
+        self._n_flagged += int(np.sum(anomaly >= self.anomaly_threshold))
+
+        def example(i: int, score: float) -> Example:
+            return Example(score, str(doc_ids[i].as_py()), str(texts[i].as_py()))
+
+        # Sorting by (cluster, distance) once puts each cluster's nearest documents first.
+        order = np.lexsort((distance, row))
+        starts = np.flatnonzero(np.r_[True, np.diff(row[order]) != 0])
+        for start in starts:
+            heap = self._nearest.setdefault(int(row[order[start]]) - 1, [])
+            for i in order[start : start + self.n_examples]:
+                if row[i] != row[order[start]]:
+                    break
+                _push(heap, example(int(i), float(distance[i])), self.n_examples)
+        top = np.argsort(-anomaly, kind="stable")[: self.n_outlier_examples]
+        for i in top:
+            _push(self._outliers, example(int(i), -float(anomaly[i])), self.n_outlier_examples)
+
+    def _summary(self, cluster: int, keywords: list[str]) -> ClusterSummary:
+        size = int(self._sizes[cluster + 1])
         return ClusterSummary(
             cluster_id=cluster,
-            size=sizes[cluster],
-            share=sizes[cluster] / max(n_docs, 1),
-            keywords=words,
-            examples=examples,
-            mean_anomaly=anomaly_sum[cluster] / sizes[cluster],
+            size=size,
+            share=size / max(int(self._sizes.sum()), 1),
+            keywords=keywords,
+            examples=sorted(entry[2] for entry in self._nearest[cluster]),
+            mean_anomaly=float(self._anomaly[cluster + 1] / size),
         )
 
-    clusters = [summary(c) for c in sorted(sizes) if c >= 0]
-    clusters.sort(key=lambda c: (-c.size, c.cluster_id))
-    return Description(
-        clusters=clusters,
-        noise=summary(-1) if -1 in sizes else None,
-        outliers=[
-            Example(-e.score, e.doc_id, e.text) for e in sorted(entry[2] for entry in outliers)
-        ],
-        n_outliers_flagged=n_flagged,
-        anomaly_threshold=threshold,
-    )
+    def result(self, vocabulary: dict[int, str], n_keywords: int = 10) -> Description:
+        """The description of everything added so far.
 
-
-def _add_padded(a: sp.csr_matrix, b: sp.csr_matrix) -> sp.csr_matrix:
-    rows = max(a.shape[0], b.shape[0])
-    a.resize((rows, a.shape[1]))
-    b.resize((rows, b.shape[1]))
-    return (a + b).tocsr()
+        Args:
+            vocabulary: hashed feature id -> token, to name keywords.
+            n_keywords: keywords per cluster.
+        """
+        # Noise is no topic: its row joins neither the keywords nor the c-TF-IDF weights.
+        weights = class_tfidf(self._sums[1:])
+        clusters = [
+            self._summary(c, _top_keywords(weights[c], vocabulary, n_keywords))
+            for c in np.flatnonzero(self._sizes[1:]).tolist()
+        ]
+        clusters.sort(key=lambda s: (-s.size, s.cluster_id))
+        return Description(
+            clusters=clusters,
+            noise=self._summary(-1, []) if self._sizes[0] else None,
+            outliers=[
+                Example(-e.score, e.doc_id, e.text)
+                for e in sorted(entry[2] for entry in self._outliers)
+            ],
+            n_outliers_flagged=self._n_flagged,
+            anomaly_threshold=self.anomaly_threshold,
+        )

@@ -1,26 +1,156 @@
 """Clustering quality: internal scores on a sample, label scores on every document.
 
 Internal scores (silhouette, Calinski-Harabasz, Davies-Bouldin) are O(n^2) or need all points
-in memory, so they run on a seeded sample; label scores need only two integer columns and use
-every document. Noise points (cluster -1) are left out of the internal scores.
+in memory, so they run on a seeded sample; noise points (cluster -1) are left out of them.
+Label scores are functions of the class x cluster contingency table alone, which
+`ContingencyCounter` accumulates part by part, so they use every labelled document with memory
+bounded by the number of classes x clusters. Noise counts as one more cluster there, so a run
+that declares much of the corpus noise is not rewarded for it.
+
+Runs are compared by metric deltas and by pairing clusters: from the clustering step's
+alignment when it wrote one, else by Hungarian matching of centroids (`match_clusters`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
+import pyarrow.compute as pc
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
+from sklearn import config_context
 from sklearn import metrics as skm
+from sklearn.preprocessing import normalize
 
-from udl import schema as S
-from udl.embed import read_embeddings
-from udl.storage import dataset_parts, sample_rows
+__all__ = [
+    "ClusterChanges",
+    "ClusterMatch",
+    "Contingency",
+    "ContingencyCounter",
+    "InternalScores",
+    "cluster_accuracy",
+    "compare_runs",
+    "contingency_scores",
+    "internal_scores",
+    "label_metrics",
+    "match_clusters",
+]
 
-__all__ = ["cluster_accuracy", "evaluate_run", "internal_metrics", "label_metrics"]
+# Memory (MiB) sklearn may use per chunk of pairwise distances for the silhouette; its default
+# (1 GiB) would make the report's peak memory depend on the machine rather than the sample.
+SILHOUETTE_WORKING_MEMORY = 64
+
+
+@dataclass(frozen=True)
+class Contingency:
+    """Counts of documents per (class, cluster): `counts[i, j]` for `classes[i]`, `clusters[j]`."""
+
+    classes: list[str]
+    clusters: NDArray[np.int64]
+    counts: NDArray[np.int64]
+
+
+class ContingencyCounter:
+    """Accumulates a class x cluster contingency table from batches of (label, cluster id).
+
+    Example:
+        >>> counter = ContingencyCounter()
+        >>> counter.update(pa.array(["a", "a", None]), np.array([0, 1, 1]))
+        >>> counter.result().counts.tolist()
+        [[1, 1]]
+    """
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, int]] = Counter()
+
+    def update(self, labels: pa.Array | pa.ChunkedArray, clusters: NDArray[np.integer]) -> None:
+        """Add one batch; documents without a label (null) are skipped.
+
+        Args:
+            labels: string labels, one per document, nulls allowed.
+            clusters: int array of shape (n,), the cluster id of each document (-1 = noise).
+        """
+        table = pa.table({"label": labels, "cluster": pa.array(clusters, pa.int64())})
+        table = table.filter(pc.is_valid(table.column("label")))
+        if table.num_rows == 0:
+            return
+        # Group in Arrow: one Python step per distinct (class, cluster) pair, not per document.
+        groups = table.group_by(["label", "cluster"]).aggregate([([], "count_all")])
+        for label, cluster, count in zip(
+            groups.column("label").to_pylist(),
+            groups.column("cluster").to_pylist(),
+            groups.column("count_all").to_pylist(),
+            strict=True,
+        ):
+            self._counts[(str(label), int(cluster))] += int(count)
+
+    def result(self) -> Contingency:
+        """The table so far (empty shapes when no labelled document was seen)."""
+        classes = sorted({label for label, _ in self._counts})
+        clusters = np.array(sorted({cluster for _, cluster in self._counts}), np.int64)
+        counts = np.zeros((len(classes), len(clusters)), np.int64)
+        row = {label: i for i, label in enumerate(classes)}
+        for (label, cluster), count in self._counts.items():
+            counts[row[label], np.searchsorted(clusters, cluster)] = count
+        return Contingency(classes, clusters, counts)
+
+
+def _entropy(counts: NDArray[np.int64]) -> float:
+    counts = counts[counts > 0].astype(np.float64)
+    total = counts.sum()
+    return float(-np.sum(counts / total * (np.log(counts) - np.log(total)))) if total else 0.0
+
+
+def _adjusted_rand(counts: NDArray[np.int64]) -> float:
+    """ARI from the pair confusion matrix of the table (as scikit-learn), in Python integers
+    because the pair counts of a million documents overflow int64 products."""
+    n = int(counts.sum())
+    sum_squares = int(np.sum(counts.astype(object) ** 2))
+    rows, cols = counts.sum(axis=1).astype(object), counts.sum(axis=0).astype(object)
+    tp = sum_squares - n
+    fp = int((counts.astype(object) @ cols).sum()) - sum_squares
+    fn = int((counts.T.astype(object) @ rows).sum()) - sum_squares
+    tn = n * n - fp - fn - sum_squares
+    if fn == 0 and fp == 0:
+        return 1.0
+    return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+
+
+def contingency_scores(counts: NDArray[np.int64]) -> dict[str, float]:
+    """NMI (arithmetic mean), ARI, Hungarian accuracy, homogeneity and completeness.
+
+    Each equals scikit-learn's score of the labellings the table counts.
+
+    Args:
+        counts: int array of shape (n_classes, n_clusters), documents per class and cluster.
+
+    Returns:
+        ``nmi``, ``ari``, ``acc``, ``homogeneity``, ``completeness``.
+    """
+    h_class, h_cluster = _entropy(counts.sum(axis=1)), _entropy(counts.sum(axis=0))
+    mi = float(skm.mutual_info_score(None, None, contingency=counts)) if counts.size else 0.0
+    n_classes, n_clusters = np.count_nonzero(counts.sum(axis=1)), np.count_nonzero(counts.sum(0))
+    if n_classes == n_clusters and n_classes <= 1:
+        nmi = 1.0  # nothing is split on either side: a perfect match, as scikit-learn
+    else:
+        nmi = mi / ((h_class + h_cluster) / 2) if mi > 0 else 0.0
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return {
+        "nmi": float(nmi),
+        "ari": _adjusted_rand(counts),
+        "acc": float(counts[rows, cols].sum() / max(int(counts.sum()), 1)),
+        "homogeneity": mi / h_class if h_class else 1.0,
+        "completeness": mi / h_cluster if h_cluster else 1.0,
+    }
+
+
+def label_metrics(labels_true: NDArray, labels_pred: NDArray) -> dict[str, float]:
+    """`contingency_scores` of two label arrays of shape (n,)."""
+    return contingency_scores(skm.cluster.contingency_matrix(labels_true, labels_pred))
 
 
 def cluster_accuracy(labels_true: NDArray, labels_pred: NDArray) -> float:
@@ -30,73 +160,245 @@ def cluster_accuracy(labels_true: NDArray, labels_pred: NDArray) -> float:
         >>> cluster_accuracy(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0]))
         1.0
     """
-    contingency = skm.cluster.contingency_matrix(labels_true, labels_pred)
-    rows, cols = linear_sum_assignment(contingency, maximize=True)
-    return float(contingency[rows, cols].sum() / contingency.sum())
+    return label_metrics(labels_true, labels_pred)["acc"]
 
 
-def label_metrics(labels_true: NDArray, labels_pred: NDArray) -> dict[str, float]:
-    """NMI, ARI, cluster accuracy, homogeneity and completeness against known classes."""
-    return {
-        "nmi": float(skm.normalized_mutual_info_score(labels_true, labels_pred)),
-        "ari": float(skm.adjusted_rand_score(labels_true, labels_pred)),
-        "acc": cluster_accuracy(labels_true, labels_pred),
-        "homogeneity": float(skm.homogeneity_score(labels_true, labels_pred)),
-        "completeness": float(skm.completeness_score(labels_true, labels_pred)),
-    }
+@dataclass(frozen=True)
+class InternalScores:
+    """Internal scores of a sample, and the per-point silhouettes behind the mean.
 
-
-def internal_metrics(
-    x: NDArray[np.float32], labels: NDArray[np.int32], metric: str
-) -> dict[str, float | None]:
-    """Silhouette (cosine or euclidean, matching the clustering), CH and DB on clustered points.
-
-    Scores are None when fewer than two clusters (or fewer than three points) remain.
+    `labels` and `silhouettes` are those of the sampled points outside noise (same order).
     """
-    keep = labels >= 0
-    x, labels = x[keep], labels[keep]
-    n_labels = len(np.unique(labels))
-    if n_labels < 2 or n_labels >= len(labels):
-        return {"silhouette": None, "calinski_harabasz": None, "davies_bouldin": None}
-    return {
-        "silhouette": float(
-            skm.silhouette_score(x, labels, metric="cosine" if metric == "cosine" else "euclidean")
-        ),
-        "calinski_harabasz": float(skm.calinski_harabasz_score(x, labels)),
-        "davies_bouldin": float(skm.davies_bouldin_score(x, labels)),
-    }
+
+    silhouette: float | None
+    calinski_harabasz: float | None
+    davies_bouldin: float | None
+    labels: NDArray[np.int64]
+    silhouettes: NDArray[np.float64]
+
+    def as_dict(self) -> dict[str, float | None]:
+        """The three scores by their metrics.json names."""
+        return {
+            "silhouette": self.silhouette,
+            "calinski_harabasz": self.calinski_harabasz,
+            "davies_bouldin": self.davies_bouldin,
+        }
+
+    def per_cluster(self) -> dict[int, float]:
+        """Mean silhouette of each cluster present in the sample."""
+        return {
+            int(c): float(self.silhouettes[self.labels == c].mean()) for c in np.unique(self.labels)
+        }
 
 
-def evaluate_run(
-    assignments_dir: Path, embeddings_dir: Path, metric: str, sample_size: int, seed: int
-) -> dict[str, Any]:
-    """All metrics of a run, with the sample sizes used.
+def internal_scores(
+    x: NDArray[np.float32], labels: NDArray[np.integer], metric: str
+) -> InternalScores:
+    """Silhouette, Calinski-Harabasz and Davies-Bouldin of the clustered points of a sample.
+
+    The silhouette uses the clustering's distance (cosine or euclidean). CH and DB are defined
+    with euclidean centroids, so for a cosine clustering they are computed on the L2-normalised
+    points, the space spherical k-means clusters in.
+
+    Args:
+        x: float32 array of shape (n, dim), sampled embeddings.
+        labels: int array of shape (n,), their cluster ids (-1 = noise, left out).
+        metric: ``"cosine"`` or ``"l2"``.
 
     Returns:
-        ``n_docs``, ``n_clusters``, ``n_noise``, the internal scores and ``metrics_sample``,
-        plus ``nmi``/``ari``/``acc``/``homogeneity``/``completeness`` and ``n_labelled`` when the
-        assignments carry a label column.
+        The scores, None when fewer than two clusters or fewer than three points remain.
     """
-    parts = dataset_parts(assignments_dir)
-    columns = [S.CLUSTER_ID] + ([S.LABEL] if S.LABEL in pq.read_schema(parts[0]).names else [])
-    table = pq.read_table(assignments_dir, columns=columns)
-    clusters = table.column(S.CLUSTER_ID).to_numpy()
-    result: dict[str, Any] = {
-        "n_docs": len(clusters),
-        "n_clusters": len(np.unique(clusters[clusters >= 0])),
-        "n_noise": int(np.sum(clusters < 0)),
+    keep = labels >= 0
+    x, labels = x[keep], np.asarray(labels[keep], np.int64)
+    n_labels = len(np.unique(labels))
+    if n_labels < 2 or n_labels >= len(labels):
+        return InternalScores(None, None, None, labels, np.zeros(len(labels)))
+    with config_context(working_memory=SILHOUETTE_WORKING_MEMORY):
+        silhouettes = skm.silhouette_samples(
+            x, labels, metric="cosine" if metric == "cosine" else "euclidean"
+        )
+    space = normalize(x) if metric == "cosine" else x
+    return InternalScores(
+        silhouette=float(silhouettes.mean()),
+        calinski_harabasz=float(skm.calinski_harabasz_score(space, labels)),
+        davies_bouldin=float(skm.davies_bouldin_score(space, labels)),
+        labels=labels,
+        silhouettes=silhouettes,
+    )
+
+
+@dataclass(frozen=True)
+class ClusterMatch:
+    """A cluster of this run and the previous run's cluster it continues."""
+
+    current: int
+    previous: int
+    shift: float | None  # distance between the two centroids; None when dims differ
+
+
+@dataclass(frozen=True)
+class ClusterChanges:
+    """How the clusters of two runs correspond.
+
+    `moved` holds the matches whose centroid shifted more than `MOVE_SHARE` of the way to the
+    edge of the previous cluster's territory (half the distance to its nearest neighbour).
+    """
+
+    matched_by: str  # "alignment" (models/alignment.json), "centroids" or "none"
+    matches: list[ClusterMatch]
+    appeared: list[int]
+    vanished: list[int]
+    moved: list[ClusterMatch]
+
+
+# A current centroid continues a previous cluster only inside that cluster's territory, within
+# half the distance from the old centroid to its nearest neighbour: there it is nearer to it
+# than to any other previous centroid (euclidean), whatever the scale of the space. It "moved"
+# when it went more than MOVE_SHARE of the way from the old centroid to the territory's edge.
+MOVE_SHARE = 0.5
+
+
+def _distances(a: NDArray[np.float32], b: NDArray[np.float32], metric: str) -> NDArray[np.float64]:
+    """Pairwise centroid distances (len(a), len(b)) in the clustering's metric."""
+    if metric == "cosine":
+        return 1.0 - normalize(a).astype(np.float64) @ normalize(b).astype(np.float64).T
+    return skm.pairwise_distances(a, b, metric="euclidean")
+
+
+def _territories(previous: NDArray[np.float32], metric: str) -> NDArray[np.float64]:
+    """Half the distance from each previous centroid to its nearest other one (inf if alone)."""
+    d = _distances(previous, previous, metric)
+    np.fill_diagonal(d, np.inf)
+    return d.min(axis=1) / 2 if len(previous) > 1 else np.full(len(previous), np.inf)
+
+
+def match_clusters(
+    current: NDArray[np.float32],
+    previous: NDArray[np.float32],
+    metric: str,
+    alignment: dict[int, int | None] | None = None,
+) -> ClusterChanges:
+    """Which clusters appeared, vanished or moved between two runs.
+
+    Without an alignment, clusters are paired by the Hungarian assignment of smallest centroid
+    distance, and a pair counts only when the current centroid lies inside the previous
+    cluster's territory (see `MOVE_SHARE`).
+
+    Args:
+        current: float32 array (k, dim), this run's centroids (row = cluster id).
+        previous: float32 array (k_prev, dim), the previous run's centroids.
+        metric: ``"cosine"`` or ``"l2"``, the clustering's metric.
+        alignment: current cluster id -> previous cluster id (None: new), as written by the
+            clustering step; when given, it decides the pairs and centroids only measure shifts.
+
+    Returns:
+        The matches, appeared and vanished cluster ids, and the matches that moved.
+    """
+    comparable = current.ndim == previous.ndim == 2 and current.shape[1] == previous.shape[1]
+    if alignment is None and not comparable:
+        return ClusterChanges("none", [], [], [], [])
+    d = _distances(current, previous, metric) if comparable else None
+    radius = _territories(previous, metric) if comparable else None
+    if alignment is not None:
+        pairs = [(c, p) for c, p in sorted(alignment.items()) if p is not None]
+        matched_by = "alignment"
+    else:
+        assert d is not None and radius is not None  # comparable, checked above
+        rows, cols = linear_sum_assignment(d)
+        pairs = [(int(c), int(p)) for c, p in zip(rows, cols, strict=True) if d[c, p] <= radius[p]]
+        matched_by = "centroids"
+    matches = [
+        ClusterMatch(c, p, float(d[c, p]) if d is not None and c < len(d) else None)
+        for c, p in pairs
+    ]
+    moved = [
+        m
+        for m in matches
+        if m.shift is not None and radius is not None and m.shift > MOVE_SHARE * radius[m.previous]
+    ]
+    return ClusterChanges(
+        matched_by=matched_by,
+        matches=matches,
+        appeared=sorted(set(range(len(current))) - {c for c, _ in pairs}),
+        vanished=sorted(set(range(len(previous))) - {p for _, p in pairs}),
+        moved=moved,
+    )
+
+
+# Scores compared between runs; the first six are the report's headline.
+COMPARED = (
+    "silhouette",
+    "calinski_harabasz",
+    "davies_bouldin",
+    "nmi",
+    "ari",
+    "acc",
+    "homogeneity",
+    "completeness",
+    "n_clusters",
+    "n_noise",
+)
+
+
+def compare_runs(
+    before: dict[str, Any],
+    now: dict[str, Any],
+    previous_centroids: NDArray[np.float32],
+    current_centroids: NDArray[np.float32],
+    alignment: dict[int, int | None] | None = None,
+) -> dict[str, Any]:
+    """Metric deltas and the clusters that appeared, vanished or moved between two runs.
+
+    Args:
+        before: the previous run's metrics.json (``clusters`` gives ids, sizes and keywords).
+        now: this run's metrics, same keys.
+        previous_centroids: float32 array (k_prev, dim).
+        current_centroids: float32 array (k, dim).
+        alignment: current cluster id -> previous id (None: new), see `match_clusters`.
+
+    Returns:
+        A JSON-ready dict: ``metric_deltas`` (name -> previous, current, delta), ``matched_by``,
+        ``note`` (why clusters were not compared), ``n_matched`` and the ``appeared``,
+        ``vanished`` (with the previous run's size and keywords) and ``moved`` clusters.
+    """
+    deltas = {
+        name: {"previous": before[name], "current": now[name], "delta": now[name] - before[name]}
+        for name in COMPARED
+        if isinstance(before.get(name), int | float) and isinstance(now.get(name), int | float)
     }
-    emb_parts = dataset_parts(embeddings_dir)
-    picks = sample_rows(emb_parts, sample_size, seed)
-    x = np.concatenate([read_embeddings(emb_parts[i])[1][rows] for i, rows in picks])
-    offsets = np.concatenate([[0], np.cumsum([pq.ParquetFile(p).metadata.num_rows for p in parts])])
-    sampled = np.concatenate([clusters[offsets[i] + rows] for i, rows in picks])
-    result.update(internal_metrics(x, sampled, metric))
-    result["metrics_sample"] = len(x)
-    if S.LABEL in columns:
-        labels = table.column(S.LABEL).to_numpy(zero_copy_only=False)
-        known = np.array([v is not None for v in labels])
-        if known.any():
-            result.update(label_metrics(labels[known].astype(str), clusters[known]))
-            result["n_labelled"] = int(known.sum())
-    return result
+    changes = match_clusters(current_centroids, previous_centroids, now["metric"], alignment)
+    current = {c["cluster_id"]: c for c in now.get("clusters", [])}
+    previous = {c["cluster_id"]: c for c in before.get("clusters", [])}
+
+    def cluster(summaries: dict[int, dict[str, Any]], cluster_id: int) -> dict[str, Any]:
+        summary = summaries.get(cluster_id, {})
+        return {
+            "cluster_id": cluster_id,
+            "size": summary.get("size", 0),
+            "keywords": summary.get("keywords", []),
+        }
+
+    note = ""
+    if changes.matched_by == "none":
+        note = (
+            f"centroid shapes differ ({current_centroids.shape} now, "
+            f"{previous_centroids.shape} before) and there is no alignment.json"
+        )
+    return {
+        "metric_deltas": deltas,
+        "matched_by": changes.matched_by,
+        "note": note,
+        "n_matched": len(changes.matches),
+        "appeared": [cluster(current, c) for c in changes.appeared],
+        "vanished": [cluster(previous, p) for p in changes.vanished],
+        "moved": [
+            cluster(current, m.current)
+            | {
+                "previous_id": m.previous,
+                "shift": m.shift,
+                "previous_size": previous.get(m.previous, {}).get("size", 0),
+                "previous_keywords": previous.get(m.previous, {}).get("keywords", []),
+            }
+            for m in changes.moved
+        ],
+    }

@@ -1,0 +1,343 @@
+"""The report of a run (issue 6): keywords, representatives, streamed equals in-memory,
+comparison with the previous run, artifacts' content, and the HTML in a real headless browser.
+
+Runs are synthesised: a corpus with obvious topics goes through the real TF-IDF step
+(`compute_features`), and embeddings/assignments are written in the real schemas, so these
+tests take seconds and need no encoder training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import types
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+
+import dask
+import numpy as np
+import pyarrow as pa
+import pytest
+from matplotlib.image import imread
+from sklearn import metrics as skm
+
+from udl import schema as S
+from udl.config import PipelineConfig, PreprocessConfig, ReportConfig
+from udl.features import compute_features
+from udl.report import build_report, previous_run
+from udl.storage import RunLayout, mark_latest, write_part
+
+REPO = Path(__file__).resolve().parents[1]
+_WORDS = {
+    "cooking": "flour oven bake recipe butter sugar dough knead whisk simmer",
+    "astronomy": "galaxy telescope orbit planet comet nebula stellar asteroid eclipse quasar",
+    "football": "goal striker referee penalty midfield tackle stadium league keeper offside",
+    "gardening": "compost seedling prune mulch trowel hedge tulip weeding soil greenhouse",
+}
+TOPICS = {topic: words.split() for topic, words in _WORDS.items()}
+# Where each topic sits in embedding space, fixed per topic so that two runs agree.
+CENTERS = {name: np.eye(8, dtype=np.float32)[i] * 6 for i, name in enumerate(TOPICS)}
+HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)> flour oven bake'
+CONFIG = PipelineConfig(
+    preprocess=PreprocessConfig(n_features=2**12),
+    report=ReportConfig(metrics_sample=10_000, map_sample=100, n_examples=3, outlier_fraction=0.05),
+)
+STEPS = {
+    "ingest": {"rows_rejected": 2, "seconds": 0.5},
+    "cluster": {
+        "algorithm": "kmeans",
+        "metric": "l2",
+        "k": 3,
+        "eps": None,
+        "min_samples": None,
+        "selection": {},
+        "seconds": 0.25,
+    },
+}
+
+
+def _documents(topics: list[str], seed: int) -> list[tuple[str, str, str | None, int]]:
+    """(doc_id, text, label, cluster): 40 documents per topic, then 6 noise documents."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for cluster, topic in enumerate(topics):
+        for i in range(40):
+            words = [*rng.choice(TOPICS[topic], 6, replace=False), *(["report"] * (i % 3 == 0))]
+            label = None if i == 39 else topic  # one unlabelled document per topic
+            docs.append((f"{topic}-{i}", " ".join(words), label, cluster))
+    docs[0] = (docs[0][0], HOSTILE, docs[0][2], docs[0][3])
+    everything = [w for t in topics for w in TOPICS[t]]
+    docs += [(f"noise-{i}", " ".join(rng.choice(everything, 5)), "mixed", -1) for i in range(6)]
+    return [docs[i] for i in rng.permutation(len(docs))]
+
+
+def write_run(output_dir: Path, run_id: str, topics: list[str], n_parts: int, seed: int = 0):
+    """A completed run (corpus, features, embeddings, assignments, centroids) in `n_parts`."""
+    layout = RunLayout(output_dir, run_id)
+    docs = _documents(topics, seed)
+    rng = np.random.default_rng(seed + 1)
+    clusters = np.array([d[3] for d in docs], np.int32)
+    centers = np.stack([CENTERS[t] for t in topics])
+    x = rng.normal(scale=0.5, size=(len(docs), 8)).astype(np.float32)
+    x[clusters >= 0] += centers[clusters[clusters >= 0]]
+    distance = np.linalg.norm(x - centers[np.maximum(clusters, 0)], axis=1).astype(np.float32)
+    anomaly = rng.random(len(docs)).astype(np.float32)
+    for folder in (layout.corpus, layout.embeddings, layout.assignments):
+        folder.mkdir(parents=True)
+    for index, rows in enumerate(np.array_split(np.arange(len(docs)), n_parts)):
+        ids = pa.array([docs[i][0] for i in rows])
+        labels = pa.array([docs[i][2] for i in rows], pa.string())
+        corpus = pa.Table.from_arrays(
+            [
+                ids,
+                pa.array([docs[i][1] for i in rows]),
+                pa.array(["synthetic"] * len(rows)),
+                pa.array(rows, pa.int64()),
+                pa.array([False] * len(rows)),
+                labels,
+            ],
+            schema=pa.schema([*S.CORPUS_FIELDS, pa.field(S.LABEL, pa.string())]),
+        )
+        write_part(corpus, layout.corpus, index)
+        embeddings = pa.Table.from_arrays(
+            [
+                ids,
+                pa.FixedSizeListArray.from_arrays(pa.array(x[rows].ravel()), 8),
+                pa.array(anomaly[rows]),
+            ],
+            schema=S.embeddings_schema(8),
+        )
+        write_part(embeddings, layout.embeddings, index)
+        assignments = pa.Table.from_arrays(
+            [
+                ids,
+                pa.array(clusters[rows]),
+                pa.array(distance[rows]),
+                pa.array(np.ones(len(rows), np.float32)),
+                pa.array([run_id] * len(rows)),
+                labels,
+            ],
+            schema=S.ASSIGNMENTS_SCHEMA.append(pa.field(S.LABEL, pa.string())),
+        )
+        write_part(assignments, layout.assignments, index)
+    # Dask bags default to a process pool; a synchronous scheduler keeps tiny runs fast.
+    with dask.config.set(scheduler="synchronous"):
+        compute_features(layout.corpus, layout.features, layout.models, CONFIG.preprocess)
+    np.save(layout.models / "centroids.npy", centers)
+    return layout, docs, distance
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory):
+    """A first run (cooking, astronomy, football) reported, marked latest, then a second run
+    (cooking, astronomy, gardening) reported against it."""
+    output = tmp_path_factory.mktemp("runs")
+    first, _, _ = write_run(output, "run-1", ["cooking", "astronomy", "football"], n_parts=1)
+    build_report(first, CONFIG, STEPS)
+    mark_latest(first)
+    second, docs, distance = write_run(
+        output, "run-2", ["cooking", "astronomy", "gardening"], n_parts=3, seed=1
+    )
+    return build_report(second, CONFIG, STEPS), second, docs, distance
+
+
+def test_keywords_are_the_topic_words_6(report) -> None:
+    result, _, _, _ = report
+    by_topic = {c.keywords[0]: c for c in result.description.clusters}
+    for cluster in result.description.clusters:
+        topic = next(t for t, words in TOPICS.items() if cluster.keywords[0] in words)
+        assert set(cluster.keywords[:5]) <= set(TOPICS[topic]), cluster.keywords
+        assert not any(k.isdigit() for k in cluster.keywords)  # words, never hash ids
+    # "report" is in a third of every topic's documents: class-based IDF keeps it out.
+    assert all("report" not in c.keywords[:5] for c in by_topic.values())
+
+
+def test_sizes_representatives_and_noise_6(report) -> None:
+    result, _, docs, distance = report
+    clusters = np.array([d[3] for d in docs])
+    for summary in result.description.clusters:
+        members = np.flatnonzero(clusters == summary.cluster_id)
+        assert summary.size == len(members) == 40
+        assert summary.share == pytest.approx(40 / len(docs))
+        nearest = members[np.argsort(distance[members], kind="stable")[:3]]
+        assert [e.doc_id for e in summary.examples] == [docs[i][0] for i in nearest]
+    assert result.description.noise is not None and result.description.noise.size == 6
+    # The anomaly threshold comes from a sample that here is the whole corpus: exact top 5%.
+    assert result.description.n_outliers_flagged == round(0.05 * len(docs))
+
+
+def test_metrics_json_contract_and_label_scores_6(report) -> None:
+    result, _, docs, _ = report
+    written = json.loads(result.metrics_path.read_text())
+    contract = [
+        "n_docs",
+        "n_clusters",
+        "silhouette",
+        "calinski_harabasz",
+        "davies_bouldin",
+        "nmi",
+        "ari",
+        "acc",
+        "timings",
+    ]
+    assert set(contract) <= set(written)
+    assert (written["n_docs"], written["n_clusters"], written["n_noise"]) == (126, 3, 6)
+    labelled = [(d[2], d[3]) for d in docs if d[2] is not None]
+    truth, pred = np.array([t for t, _ in labelled]), np.array([p for _, p in labelled])
+    assert written["nmi"] == pytest.approx(skm.normalized_mutual_info_score(truth, pred))
+    assert written["ari"] == pytest.approx(skm.adjusted_rand_score(truth, pred))
+    assert written["homogeneity"] == pytest.approx(skm.homogeneity_score(truth, pred))
+    assert written["n_labelled"] == len(labelled)
+    assert written["sample_sizes"]["internal_metrics"] == len(docs)
+    assert written["sample_sizes"]["internal_metrics_clustered"] == len(docs) - 6
+    assert written["timings"] == {"ingest": 0.5, "cluster": 0.25}
+    assert [c["size"] for c in written["clusters"]] == [40, 40, 40]
+
+
+def test_streamed_parts_equal_one_part_6(report, tmp_path: Path) -> None:
+    """The same run in 3 parts (fixture) and in 1 part gives the same report content."""
+    result, _, _, _ = report
+    one, _, _ = write_run(tmp_path, "one-part", ["cooking", "astronomy", "gardening"], 1, seed=1)
+    single = build_report(one, CONFIG, STEPS, previous=None)
+    assert single.description == result.description
+    for name in ["silhouette", "calinski_harabasz", "davies_bouldin", "nmi", "ari", "acc"]:
+        assert single.metrics[name] == pytest.approx(result.metrics[name])
+
+
+def test_comparison_with_previous_run_6(report) -> None:
+    result, _, _, _ = report
+    comparison = result.metrics["comparison"]
+    assert comparison["previous_run_id"] == "run-1"
+    assert comparison["matched_by"] == "centroids"
+    assert [c["keywords"][0] in TOPICS["gardening"] for c in comparison["appeared"]] == [True]
+    assert [c["keywords"][0] in TOPICS["football"] for c in comparison["vanished"]] == [True]
+    assert comparison["n_matched"] == 2 and comparison["moved"] == []
+    assert set(comparison["metric_deltas"]) >= {"silhouette", "nmi", "ari", "acc"}
+    markdown = result.summary_markdown()
+    assert "Compared with run `run-1`: 1 clusters appeared, 1 vanished, 0 moved." in markdown
+    assert result.html_path.resolve().as_uri() in markdown
+    assert [row["size"] for row in result.cluster_rows()] == [40, 40, 40]
+
+
+def test_previous_run_lookup_6(tmp_path: Path) -> None:
+    first, second = RunLayout(tmp_path, "a"), RunLayout(tmp_path, "b")
+    assert previous_run(second) is None  # no latest yet
+    (first.report).mkdir(parents=True)
+    (first.report / "metrics.json").write_text("{}")
+    mark_latest(first)
+    assert previous_run(second) == first
+    # After "b" marked itself latest, a rebuilt report keeps comparing with "a".
+    second.report.mkdir(parents=True)
+    (second.report / "metrics.json").write_text(
+        json.dumps({"comparison": {"previous_run_id": "a"}})
+    )
+    mark_latest(second)
+    assert previous_run(second) == first
+
+
+def _copy_runs(report, tmp_path: Path) -> RunLayout:
+    """The fixture's output folder copied, so a test can rewrite a report without side effects."""
+    _, layout, _, _ = report
+    shutil.copytree(layout.output_dir, tmp_path / "output", symlinks=True)
+    return RunLayout(tmp_path / "output", layout.run_id)
+
+
+def test_alignment_json_decides_the_pairs_6(report, tmp_path: Path) -> None:
+    layout = _copy_runs(report, tmp_path)
+    # Pretend the clustering step aligned run-2's gardening cluster (id 2) with football.
+    alignment = {"previous_run_id": "run-1", "mapping": {"0": 0, "1": 1, "2": 2}}
+    (layout.models / "alignment.json").write_text(json.dumps(alignment))
+    result = build_report(layout, CONFIG, STEPS, previous=RunLayout(layout.output_dir, "run-1"))
+    comparison = result.metrics["comparison"]
+    assert comparison["matched_by"] == "alignment"
+    assert (comparison["appeared"], comparison["vanished"]) == ([], [])
+    assert [m["cluster_id"] for m in comparison["moved"]] == [2]
+
+
+def test_map_uses_umap_when_installed_6(
+    report, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = _copy_runs(report, tmp_path)
+    calls = []
+
+    class FakeUMAP:
+        def __init__(self, **params) -> None:
+            calls.append(params)
+
+        def fit_transform(self, x):
+            return np.asarray(x)[:, :2]
+
+    fake = types.ModuleType("umap")
+    fake.__spec__ = ModuleSpec("umap", None)
+    fake.UMAP = FakeUMAP
+    monkeypatch.setitem(sys.modules, "umap", fake)
+    build_report(layout, CONFIG, STEPS, previous=None)
+    assert calls == [{"n_components": 2, "metric": "euclidean", "random_state": 0}]
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.fail(
+        "The report test renders the HTML in a real headless browser and found none on PATH. "
+        "Install Chromium: `apt-get install -y chromium` (Debian/Ubuntu, as root; "
+        "`make install` does it), then rerun."
+    )
+
+
+def _browse(html: Path, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # Host rules make any network request fail, so the page is proven self-contained.
+    command = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        *args,
+        html.resolve().as_uri(),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_html_renders_in_headless_browser_6(report, tmp_path: Path) -> None:
+    result, _, _, _ = report
+    html = result.html_path.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing remote
+    dom = _browse(result.html_path, tmp_path / "profile", "--dump-dom").stdout
+    for section in ["summary", "metrics", "comparison", "figures", "clusters", "outliers"]:
+        assert f'id="{section}"' in dom, section
+    assert dom.count('src="data:image/png;base64,') == 4  # sizes, map, silhouette, confusion
+    for text in [
+        "2-D map of a sample of embeddings",
+        "Silhouette per cluster",
+        "Labels × clusters",
+        "Appeared",
+        "Vanished",
+        "noise (cluster -1)",
+    ]:
+        assert text in dom, text
+    # Untrusted text is shown as text: no script element ran or was created.
+    assert "<script" not in dom and "pwned" not in dom.split("<title>")[1].split("</title>")[0]
+    assert "&lt;script&gt;document.title" in dom
+
+    shot = tmp_path / "report.png"
+    _browse(
+        result.html_path, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,4000"
+    )
+    pixels = (imread(shot)[..., :3] * 255).round().astype(int)
+    # The size bars' colour (#4a7ab5) is painted only if the embedded PNGs decoded.
+    assert np.all(np.abs(pixels - [0x4A, 0x7A, 0xB5]) <= 2, axis=-1).sum() > 2000
+    target = Path(
+        os.environ.get("UDL_REPORT_SCREENSHOT", REPO / ".bench" / "report-screenshot.png")
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, target)
