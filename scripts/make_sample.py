@@ -29,7 +29,9 @@ PER_CLASS = 400
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--source", default="../shared/data/wordnet_glosses/wordnet_glosses.parquet")
+    parser.add_argument(
+        "--source", default="../shared/data/wordnet_glosses/wordnet_glosses.parquet"
+    )
     parser.add_argument("--out", default="data/sample/wordnet_sample.parquet")
     args = parser.parse_args()
     frame = pq.read_table(args.source).to_pandas()

@@ -38,6 +38,10 @@ class InputDataError(UdlError):
         self.row = row
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[InputDataError], tuple[str, str, int | None]]:
+        # Raised inside Dask workers: pickling must rebuild it from its fields, not `args`.
+        return (type(self), (self.source, self.reason, self.row))
+
 
 class SchemaError(UdlError):
     """A dataset written by an earlier step does not have the columns this step needs."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from distributed import Client, LocalCluster
+import dask
+from distributed import Client, LocalCluster, default_client
 
 from udl.config import RuntimeConfig
 
-__all__ = ["dask_client"]
+__all__ = ["compute", "dask_client"]
 
 log = logging.getLogger(__name__)
 
@@ -40,3 +42,18 @@ def dask_client(runtime: RuntimeConfig) -> Iterator[Client]:
     ):
         log.info("started local Dask cluster with %d workers", runtime.dask_workers)
         yield client
+
+
+def compute(collection: Any) -> Any:
+    """Compute a Dask collection on the active scheduler, or in this process if none is set.
+
+    Inside `dask_client` (or under any client or `dask.config` scheduler the caller chose) the
+    work goes there. Without one, Dask would pick a bag's default, a multiprocessing pool
+    spawned for the call, which cannot see `memory://` files; udl runs in-process instead.
+    """
+    if dask.config.get("scheduler", None) is None:
+        try:
+            default_client()
+        except ValueError:
+            return collection.compute(scheduler="synchronous")
+    return collection.compute()

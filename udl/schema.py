@@ -12,6 +12,7 @@ __all__ = [
     "LABEL",
     "REJECTS_SCHEMA",
     "TEXT",
+    "embedding_field",
     "embeddings_schema",
 ]
 
@@ -19,9 +20,10 @@ DOC_ID = "doc_id"
 TEXT = "text"
 LABEL = "label"
 SOURCE = "source"
-ROW = "row"
+ROW = "row"  # 1-based record number in its source file (see udl.readers)
 TRUNCATED = "truncated"
 REASON = "reason"
+DETAIL = "detail"
 RAW = "raw"
 INDICES = "indices"
 VALUES = "values"
@@ -32,7 +34,8 @@ DISTANCE = "distance"
 CONFIDENCE = "confidence"
 RUN_ID = "run_id"
 
-# Corpus datasets have these columns first, then the label and metadata columns as strings.
+# Corpus datasets have these columns first; then, with input.embedding_column, the supplied
+# vectors as `embedding_field(dim)`; then the label and metadata columns as strings.
 CORPUS_FIELDS = [
     pa.field(DOC_ID, pa.string(), nullable=False),
     pa.field(TEXT, pa.string(), nullable=False),
@@ -46,8 +49,9 @@ REJECTS_SCHEMA = pa.schema(
         pa.field(SOURCE, pa.string(), nullable=False),
         pa.field(ROW, pa.int64()),
         pa.field(DOC_ID, pa.string()),
-        pa.field(REASON, pa.string(), nullable=False),
-        pa.field(RAW, pa.string()),
+        pa.field(REASON, pa.string(), nullable=False),  # a code: invalid_utf8, empty_text, ...
+        pa.field(DETAIL, pa.string()),  # the specifics, e.g. "expected 3 fields, got 4"
+        pa.field(RAW, pa.string()),  # the offending value or line, truncated to max_chars
     ]
 )
 
@@ -60,12 +64,17 @@ FEATURES_SCHEMA = pa.schema(
 )
 
 
+def embedding_field(dim: int) -> pa.Field:
+    """The `embedding` column: one fixed-size float32 vector of length `dim` per document."""
+    return pa.field(EMBEDDING, pa.list_(pa.float32(), dim), nullable=False)
+
+
 def embeddings_schema(dim: int) -> pa.Schema:
     """Schema of `embeddings/`: one fixed-size float32 vector and an anomaly score per doc."""
     return pa.schema(
         [
             pa.field(DOC_ID, pa.string(), nullable=False),
-            pa.field(EMBEDDING, pa.list_(pa.float32(), dim), nullable=False),
+            embedding_field(dim),
             pa.field(ANOMALY, pa.float32(), nullable=False),
         ]
     )

@@ -12,17 +12,21 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
+from udl import schema as S
+
 __all__ = [
+    "PartWriter",
     "RunLayout",
     "atomic_dir",
     "dataset_parts",
@@ -31,6 +35,7 @@ __all__ = [
     "sample_rows",
     "write_json_atomic",
     "write_part",
+    "write_table_atomic",
 ]
 
 PARQUET_OPTIONS: dict[str, Any] = {
@@ -38,6 +43,11 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "row_group_size": 64 * 1024,
     "write_statistics": True,
 }
+# A part holds at most this much uncompressed data whatever its row count, so a corpus of long
+# documents still gives parts a worker processes in bounded memory; row groups are cut at
+# ROW_GROUP_BYTES so a reader scanning one column never holds a whole large part.
+PART_MAX_BYTES = 256 * 2**20
+ROW_GROUP_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -104,9 +114,12 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary folder that replaces `final` when the block ends without error.
 
     A previous `final` is replaced (a rerun of a step overwrites its own output); on error
-    the temporary folder is removed and `final` is left as it was.
+    the temporary folder is removed and `final` is left as it was. Temporary folders of
+    `final` that a killed process left behind are removed first: they were never committed,
+    and each crash would otherwise keep a copy of the dataset on disk.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_interrupted(final)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
@@ -124,6 +137,14 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def _remove_interrupted(final: Path) -> None:
+    """Delete ``.<name>.tmp-*`` and ``.<name>.old-*`` folders next to `final` (see `atomic_dir`)."""
+    prefixes = (f".{final.name}.tmp-", f".{final.name}.old-")
+    for path in final.parent.iterdir():
+        if path.name.startswith(prefixes) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
@@ -132,10 +153,95 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def write_part(table: pa.Table, folder: Path, index: int) -> Path:
-    """Write one zstd Parquet part `part-{index:05d}.parquet` into `folder`."""
+    """Write one zstd Parquet part `part-{index:05d}.parquet` into `folder`.
+
+    The same table always gives the same bytes (no timestamps or random ids in the file).
+    """
     path = folder / f"part-{index:05d}.parquet"
-    pq.write_table(table, path, **PARQUET_OPTIONS)
+    # Dictionary pages pay off on repetitive strings (source, label, metadata). On ids, texts
+    # and number lists Parquet tries them, overflows and falls back, at ~10x the write time.
+    dictionary = [
+        f.name
+        for f in table.schema
+        if pa.types.is_string(f.type) and f.name not in (S.DOC_ID, S.TEXT, S.RAW)
+    ]
+    rows = table.num_rows
+    by_bytes = rows * ROW_GROUP_BYTES // max(table.nbytes, 1)
+    group_rows = max(1, min(by_bytes, PARQUET_OPTIONS["row_group_size"]))
+    options = {**PARQUET_OPTIONS, "row_group_size": group_rows, "use_dictionary": dictionary}
+    pq.write_table(table, path, **options)
     return path
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write one small Parquet file (a fitted model table) through a temporary name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        pq.write_table(table, tmp, **PARQUET_OPTIONS)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class PartWriter:
+    """Accumulates tables and writes a part each `rows_per_part` rows or PART_MAX_BYTES.
+
+    Cut points depend only on the data, so a rerun writes the same parts. At least one part
+    is written, so an empty dataset still has its schema on disk. Parts are encoded on one
+    background thread: Parquet encoding and zstd release the GIL, so writing part k overlaps
+    reading and validating the rows of part k + 1; at most two parts are in memory at once.
+    Use as a context manager; `close` writes the rest and waits for every write.
+    """
+
+    def __init__(self, folder: Path, schema: pa.Schema, rows_per_part: int) -> None:
+        self.folder, self.schema, self.rows_per_part = folder, schema, rows_per_part
+        self.pending: list[pa.Table] = []
+        self.pending_rows = self.pending_bytes = 0
+        self.parts = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="udl-part-writer")
+        self._writing: Future[Path] | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+
+    def add(self, table: pa.Table) -> None:
+        """Queue `table` (of the writer's schema) and write every part it completes."""
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        self.pending_bytes += table.nbytes
+        while self.pending_rows >= self.rows_per_part or (
+            self.pending_bytes >= PART_MAX_BYTES and self.pending_rows > 1
+        ):
+            merged = pa.concat_tables(self.pending)
+            by_bytes = self.pending_rows * PART_MAX_BYTES // max(self.pending_bytes, 1)
+            cut = max(1, min(self.rows_per_part, by_bytes))
+            self._write(merged.slice(0, cut))
+            rest = merged.slice(cut)
+            self.pending, self.pending_rows, self.pending_bytes = [rest], rest.num_rows, rest.nbytes
+
+    def close(self) -> int:
+        """Write the remaining rows and wait for all writes; returns the number of parts."""
+        if self.pending_rows or self.parts == 0:
+            self._write(pa.concat_tables([self.schema.empty_table(), *self.pending]))
+        self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
+        self._wait()
+        return self.parts
+
+    def _write(self, table: pa.Table) -> None:
+        self._wait()  # surfaces a failed write, and bounds memory to the part being written
+        self._writing = self._pool.submit(
+            write_part, table.combine_chunks(), self.folder, self.parts
+        )
+        self.parts += 1
+
+    def _wait(self) -> None:
+        if self._writing is not None:
+            self._writing.result()
+            self._writing = None
 
 
 def dataset_parts(folder: Path) -> list[Path]:
