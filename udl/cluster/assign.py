@@ -14,24 +14,40 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from udl import schema as S
-from udl.cluster.dbscan import dbscan, estimate_eps
-from udl.cluster.kmeans import FaissKMeans, flat_index, prepare, to_distance
-from udl.cluster.selection import choose_k
+from udl.cluster.align import Alignment, align_clusters
+from udl.cluster.dbscan import dbscan
+from udl.cluster.kmeans import FaissKMeans, prepare, to_distance
+from udl.cluster.neighbours import flat_index
+from udl.cluster.selection import EPS_RULE, choose_k, estimate_eps
 from udl.config import ClusterConfig
 from udl.embed import read_embeddings
-from udl.storage import atomic_dir, dataset_parts, sample_rows, write_part
+from udl.errors import SchemaError
+from udl.storage import atomic_dir, dataset_parts, sample_rows, write_json_atomic, write_part
 
-__all__ = ["CENTROIDS_FILE", "ClusterResult", "cluster_embeddings", "read_sample"]
+__all__ = ["ALIGNMENT_FILE", "CENTROIDS_FILE", "ClusterResult", "cluster_embeddings", "read_sample"]
 
 log = logging.getLogger(__name__)
 
 CENTROIDS_FILE = "centroids.npy"
-CARRIED = {S.DOC_ID, S.TEXT, S.SOURCE, S.ROW, S.TRUNCATED}
+ALIGNMENT_FILE = "alignment.json"
+CARRIED = {S.DOC_ID, S.TEXT, S.SOURCE, S.ROW, S.TRUNCATED, S.EMBEDDING}
 
 
 @dataclass(frozen=True)
 class ClusterResult:
-    """What the clustering step chose and produced (all of it goes to metrics.json)."""
+    """What the clustering step chose and produced (all of it goes to metrics.json).
+
+    Attributes:
+        selection: for ``k="auto"``, ``{"rule", "chosen", "candidates": [{k, silhouette,
+            calinski_harabasz, davies_bouldin, rank_sum}]}``; for ``eps="auto"``, ``{"rule",
+            "eps", "min_samples", "sample_size"}``; empty when both were given.
+        spherical: whether k-means was spherical (None for DBSCAN).
+        exact: False only for DBSCAN with ``dbscan_nprobe`` above ``dbscan_flat_max``.
+        warm_start: whether k-means started from the previous run's centroids.
+        alignment: empty without ``previous_models``; else the content of ``alignment.json``:
+            ``{"previous_models", "status": "aligned"|"skipped", "reason", "warm_start",
+            "mapping", "appeared", "vanished", "moved", "shifts"}`` (see ``udl.cluster.align``).
+    """
 
     algorithm: str
     metric: str
@@ -43,12 +59,29 @@ class ClusterResult:
     n_docs: int
     n_train: int
     selection: dict[str, Any] = field(default_factory=dict)
+    spherical: bool | None = None
+    exact: bool = True
+    warm_start: bool = False
+    alignment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """A fitted model before alignment: centroids in fitted order and how to label a part."""
+
+    centroids: NDArray[np.float32]
+    n_train: int
+    selection: dict[str, Any]
+    kmeans: FaissKMeans | None = None
+    dbscan_labels: NDArray[np.int32] | None = None
+    eps: float | None = None
+    exact: bool = True
 
 
 def read_sample(
     embeddings_dir: Path, size: int, seed: int
 ) -> tuple[NDArray[np.float32], list[tuple[int, NDArray[np.int64]]]]:
-    """A seeded sample of at most `size` embeddings (n, dim), and where the rows came from."""
+    """A seeded sample of at most ``size`` embeddings (n, dim), and where the rows came from."""
     parts = dataset_parts(embeddings_dir)
     picks = sample_rows(parts, size, seed)
     blocks = [read_embeddings(parts[i])[1][rows] for i, rows in picks]
@@ -66,15 +99,14 @@ def _centroids_of(
     member = labels >= 0
     sums = np.zeros((n_clusters, x.shape[1]), np.float64)
     np.add.at(sums, labels[member], x[member])
-    centroids = (sums / np.bincount(labels[member], minlength=n_clusters)[:, None]).astype(
-        np.float32
-    )
-    return prepare(centroids, metric) if metric == "cosine" else centroids
+    counts = np.bincount(labels[member], minlength=n_clusters)[:, None]
+    centroids = (sums / counts).astype(np.float32)
+    return prepare(centroids, "cosine") if metric == "cosine" else centroids
 
 
 def _fit_kmeans(
-    embeddings_dir: Path, config: ClusterConfig, seed: int
-) -> tuple[FaissKMeans, int, dict[str, Any]]:
+    embeddings_dir: Path, config: ClusterConfig, seed: int, previous: NDArray[np.float32] | None
+) -> _Fit:
     selection: dict[str, Any] = {}
     k = config.k
     if k == "auto":
@@ -83,10 +115,78 @@ def _fit_kmeans(
         k, selection = result.chosen, result.as_dict()
         log.info("auto k: chose %d from %s", k, config.k_candidates)
     train, _ = read_sample(embeddings_dir, config.max_points_per_centroid * k, seed)
+    warm = previous if previous is not None and previous.shape == (k, train.shape[1]) else None
     model = FaissKMeans(
-        k, config.metric, config.niter, config.nredo, config.max_points_per_centroid, seed
-    ).fit(train)
-    return model, len(train), selection
+        k,
+        config.metric,
+        config.niter,
+        config.nredo,
+        config.max_points_per_centroid,
+        seed,
+        spherical=None if config.spherical == "auto" else config.spherical,
+        init=config.kmeans_init,
+    ).fit(train, init_centroids=warm)
+    return _Fit(model.cluster_centers_, len(train), selection, kmeans=model)
+
+
+def _fit_dbscan(embeddings_dir: Path, config: ClusterConfig, seed: int) -> _Fit:
+    x = _read_all(embeddings_dir)
+    selection: dict[str, Any] = {}
+    if config.eps == "auto":
+        eps = estimate_eps(x, config.min_samples, config.metric, config.selection_sample, seed)
+        selection = {
+            "rule": EPS_RULE,
+            "eps": eps,
+            "min_samples": config.min_samples,
+            "sample_size": min(len(x), config.selection_sample),
+        }
+        log.info("auto eps: %.4g (min_samples=%d)", eps, config.min_samples)
+    else:
+        eps = float(config.eps)
+    result = dbscan(
+        x,
+        eps,
+        config.min_samples,
+        config.metric,
+        flat_max=config.dbscan_flat_max,
+        nprobe=config.dbscan_nprobe,
+        seed=seed,
+    )
+    centroids = _centroids_of(x, result.labels, result.n_clusters, config.metric)
+    return _Fit(
+        centroids, len(x), selection, dbscan_labels=result.labels, eps=eps, exact=result.exact
+    )
+
+
+def _load_previous(previous_models: Path | None) -> tuple[NDArray[np.float32] | None, str | None]:
+    """The previous run's centroids, or None and the reason they cannot be used."""
+    if previous_models is None:
+        return None, "no previous run"
+    path = previous_models / CENTROIDS_FILE
+    if not path.is_file():
+        return None, f"{path} does not exist"
+    return np.load(path, allow_pickle=False).astype(np.float32), None
+
+
+def _align(
+    fit: _Fit, previous: NDArray[np.float32] | None, reason: str | None, config: ClusterConfig
+) -> tuple[Alignment | None, dict[str, Any]]:
+    if previous is not None and previous.ndim == 2 and previous.shape[1] != fit.centroids.shape[1]:
+        previous, reason = (
+            None,
+            (f"embedding dim changed from {previous.shape[1]} to {fit.centroids.shape[1]}"),
+        )
+    if previous is None:
+        return None, {"status": "skipped", "reason": reason}
+    alignment = align_clusters(fit.centroids, previous, config.metric)
+    log.info(
+        "aligned %d clusters to the previous run: %d appeared, %d vanished, %d moved",
+        len(fit.centroids),
+        len(alignment.appeared),
+        len(alignment.vanished),
+        len(alignment.moved),
+    )
+    return alignment, {"status": "aligned", "reason": None, **alignment.as_dict()}
 
 
 def _assignment_table(
@@ -107,6 +207,12 @@ def _assignment_table(
         ],
         schema=S.ASSIGNMENTS_SCHEMA,
     )
+    corpus_ids = pq.read_table(corpus_part, columns=[S.DOC_ID]).column(S.DOC_ID)
+    if corpus_ids.to_pylist() != doc_ids:
+        raise SchemaError(
+            f"{corpus_part}: doc_id column does not match its embeddings part row by row; "
+            "rerun the embed step."
+        )
     corpus_schema = pq.read_schema(corpus_part)
     carried = [name for name in corpus_schema.names if name not in CARRIED]
     if carried:
@@ -124,53 +230,86 @@ def cluster_embeddings(
     config: ClusterConfig,
     run_id: str,
     seed: int,
+    previous_models: Path | None = None,
 ) -> ClusterResult:
-    """Cluster the embeddings and write `assignments/` (one row per document).
+    """Cluster the embeddings and write ``assignments/`` (one row per document).
 
-    k-means trains on at most `max_points_per_centroid * k` sampled points and assigns every
-    part in turn. DBSCAN is exact and needs all embeddings in memory (n x dim float32).
+    k-means trains on at most ``max_points_per_centroid * k`` sampled points and assigns every
+    part in turn, ``assign_batch_size`` rows per search. DBSCAN needs all embeddings in memory
+    (n x dim float32). With ``previous_models``, k-means warm-starts from the previous
+    centroids when k and dim match, and cluster ids are aligned to the previous run's (see
+    ``udl.cluster.align``); ``models/alignment.json`` records the outcome.
+
+    Args:
+        embeddings_dir: embeddings dataset (``udl.schema.embeddings_schema``), parts aligned
+            row by row with ``corpus_dir``'s.
+        corpus_dir: corpus dataset; its label and metadata columns are carried over.
+        assignments_dir: written atomically, ``ASSIGNMENTS_SCHEMA`` then the carried columns.
+        models_dir: receives ``centroids.npy`` (row i = cluster i) and ``alignment.json``.
+        config: the clustering configuration.
+        run_id: written into every assignment row.
+        seed: seed of the samples, k-means and the DBSCAN cells.
+        previous_models: the previous run's ``models/`` folder, or None.
+
+    Returns:
+        The chosen parameters, counts, selection scores and alignment record.
+
+    Raises:
+        ConfigError: parameters that do not fit the data (e.g. k above the number of docs).
+        SchemaError: embeddings and corpus parts that do not line up.
     """
     emb_parts, corpus_parts = dataset_parts(embeddings_dir), dataset_parts(corpus_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    if config.algorithm == "kmeans":
-        model, n_train, selection = _fit_kmeans(embeddings_dir, config, seed)
-        centroids, eps = model.cluster_centers_, None
-        dbscan_labels = None
-    else:
-        x = _read_all(embeddings_dir)
-        eps = (
-            estimate_eps(x, config.min_samples, config.metric, config.selection_sample, seed)
-            if config.eps == "auto"
-            else float(config.eps)
+    if len(emb_parts) != len(corpus_parts):
+        raise SchemaError(
+            f"{embeddings_dir} has {len(emb_parts)} parts but {corpus_dir} has "
+            f"{len(corpus_parts)}; rerun the embed step."
         )
-        dbscan_labels = dbscan(x, eps, config.min_samples, config.metric).labels
-        centroids = _centroids_of(x, dbscan_labels, int(dbscan_labels.max()) + 1, config.metric)
-        n_train, selection = len(x), {"eps": eps}
+    models_dir.mkdir(parents=True, exist_ok=True)
+    previous, reason = _load_previous(previous_models)
+    if config.algorithm == "kmeans":
+        fit = _fit_kmeans(embeddings_dir, config, seed, previous)
+    else:
+        fit = _fit_dbscan(embeddings_dir, config, seed)
+    alignment, record = _align(fit, previous, reason, config)
+    centroids = alignment.reorder(fit.centroids) if alignment else fit.centroids
     np.save(models_dir / CENTROIDS_FILE, centroids, allow_pickle=False)
-    n_docs = n_noise = offset = 0
+    warm = fit.kmeans is not None and fit.kmeans.warm_started_
+    if previous_models is not None:
+        record = {"previous_models": str(previous_models), "warm_start": warm, **record}
+        write_json_atomic(models_dir / ALIGNMENT_FILE, record)
+
+    n_docs = n_noise = 0
     with atomic_dir(assignments_dir) as out:
         for i, (emb_part, corpus_part) in enumerate(zip(emb_parts, corpus_parts, strict=True)):
             doc_ids, x_part, _ = read_embeddings(emb_part)
-            if dbscan_labels is None:
-                labels, dist, conf = model.predict(x_part)
+            if fit.kmeans is not None:
+                labels, dist, conf = fit.kmeans.predict(x_part, config.assign_batch_size)
             else:
-                labels = dbscan_labels[offset : offset + len(doc_ids)]
+                assert fit.dbscan_labels is not None
+                labels = fit.dbscan_labels[n_docs : n_docs + len(doc_ids)]
+            if alignment is not None:
+                labels = alignment.relabel(labels)
+            if fit.kmeans is None:
                 dist, conf = _dbscan_distances(x_part, labels, centroids, config.metric)
-            offset += len(doc_ids)
-            write_part(_assignment_table(corpus_part, doc_ids, labels, dist, conf, run_id), out, i)
+            table = _assignment_table(corpus_part, doc_ids, labels, dist, conf, run_id)
+            write_part(table, out, i)
             n_docs += len(doc_ids)
             n_noise += int(np.sum(labels < 0))
     return ClusterResult(
         algorithm=config.algorithm,
         metric=config.metric,
-        k=len(centroids) if config.algorithm == "kmeans" else None,
-        eps=eps,
-        min_samples=config.min_samples if config.algorithm == "dbscan" else None,
+        k=len(centroids) if fit.kmeans is not None else None,
+        eps=fit.eps,
+        min_samples=config.min_samples if fit.kmeans is None else None,
         n_clusters=len(centroids),
         n_noise=n_noise,
         n_docs=n_docs,
-        n_train=n_train,
-        selection=selection,
+        n_train=fit.n_train,
+        selection=fit.selection,
+        spherical=fit.kmeans.spherical_ if fit.kmeans is not None else None,
+        exact=fit.exact,
+        warm_start=warm,
+        alignment=record if previous_models is not None else {},
     )
 
 

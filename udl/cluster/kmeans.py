@@ -1,8 +1,18 @@
 """k-means with FAISS: train on a sample, assign any number of points in batches.
 
-Lloyd's algorithm (`faiss.Kmeans`); with ``metric="cosine"`` it is spherical k-means
-(centroids re-normalised after each update, assignment by inner product), which is the right
-model for L2-normalised embeddings.
+Lloyd's algorithm (``faiss.Kmeans``): assign every point to its nearest centroid, move each
+centroid to the mean of its points, repeat ``niter`` times; ``nredo`` restarts keep the best
+objective. Spherical k-means (Dhillon & Modha, 2001) re-normalises the centroids after each
+update and assigns by inner product; it is the right model for L2-normalised embeddings, so
+it is the default for ``metric="cosine"`` (which normalises the points) and for ``"l2"`` when
+the points already have unit norm.
+
+FAISS starts from ``k`` random training points, which on well-separated data often puts two
+centroids in one cluster and none in another, a local minimum Lloyd cannot leave. So for
+``k <= PLUSPLUS_MAX_K`` (the cheap case) each restart starts from k-means++ seeding (Arthur &
+Vassilvitskii, 2007; scikit-learn's ``kmeans_plusplus``) on a subsample of
+``PLUSPLUS_POINTS_PER_CENTROID * k`` points; above that, FAISS's random start is kept because
+k-means++ costs O(n k^2 d) on the subsample.
 """
 
 from __future__ import annotations
@@ -12,12 +22,21 @@ from typing import Literal, Self
 import faiss
 import numpy as np
 from numpy.typing import NDArray
+from sklearn.cluster import kmeans_plusplus
 
+from udl.cluster._checks import check_metric, check_positive_int, check_x
+from udl.cluster.neighbours import flat_index
 from udl.errors import ConfigError
 
-__all__ = ["FaissKMeans", "to_distance"]
+__all__ = ["FaissKMeans", "Metric", "prepare", "to_distance"]
 
 Metric = Literal["cosine", "l2"]
+
+Init = Literal["auto", "k-means++", "random"]
+PLUSPLUS_MAX_K = 256
+PLUSPLUS_POINTS_PER_CENTROID = 32
+# Rows with |norm - 1| below this count as unit vectors when spherical is left to "auto".
+_UNIT_NORM_TOL = 1e-4
 
 
 def to_distance(scores: NDArray[np.float32], metric: Metric) -> NDArray[np.float32]:
@@ -27,7 +46,7 @@ def to_distance(scores: NDArray[np.float32], metric: Metric) -> NDArray[np.float
     return np.sqrt(np.maximum(scores, 0.0)).astype(np.float32)
 
 
-def prepare(x: NDArray[np.float32], metric: Metric) -> NDArray[np.float32]:
+def prepare(x: NDArray[np.floating], metric: Metric) -> NDArray[np.float32]:
     """A C-contiguous float32 copy, L2-normalised for cosine (the caller's array is untouched)."""
     out = np.array(x, dtype=np.float32, order="C", copy=True)
     if metric == "cosine":
@@ -35,25 +54,38 @@ def prepare(x: NDArray[np.float32], metric: Metric) -> NDArray[np.float32]:
     return out
 
 
-def flat_index(centroids: NDArray[np.float32], metric: Metric) -> faiss.Index:
-    """Exact index over `centroids` for the metric."""
-    index = (
-        faiss.IndexFlatIP(centroids.shape[1])
-        if metric == "cosine"
-        else faiss.IndexFlatL2(centroids.shape[1])
-    )
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    return index
-
-
 class FaissKMeans:
-    """k-means estimator: `fit` on a sample, `predict` batch by batch.
+    """k-means estimator: ``fit`` on a sample, ``predict`` batch by batch.
+
+    Args:
+        k: number of clusters, >= 2.
+        metric: ``"cosine"`` (points normalised, distance 1 - cos) or ``"l2"``.
+        niter: Lloyd iterations per restart.
+        nredo: restarts from different random centroids; the best objective is kept.
+            A warm start (``init_centroids``) runs once, from those centroids.
+        max_points_per_centroid: FAISS subsamples the training set to ``k`` times this.
+        seed: seed of the initial centroids and of FAISS's subsampling.
+        spherical: normalise centroids after each update; None: for cosine, or for l2 when
+            every training point has unit norm.
+        init: start of each restart: "k-means++", "random" (FAISS's k random points), or
+            "auto" (k-means++ when k <= PLUSPLUS_MAX_K).
 
     Attributes (after fit):
-        cluster_centers_: float32 (k, dim).
-        inertia_: final objective of the best restart (sum of squared distances, or of
-            similarities for cosine, as FAISS reports it).
-        n_iter_: iterations run.
+        cluster_centers_: float32 (k, dim); unit rows when spherical.
+        inertia_: sum over the training points of the squared Euclidean distance to their
+            centroid, in the space clustered (the normalised points for cosine).
+        objective_: FAISS's objective after each iteration of the kept run (sum of squared
+            distances, or of similarities when spherical; restarts concatenated for "random").
+        init_: the start used: "k-means++", "random" or "warm".
+        n_iter_: iterations run per restart.
+        spherical_: whether spherical k-means was used.
+        warm_started_: whether ``init_centroids`` was used.
+
+    Example:
+        >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], dtype=np.float32)
+        >>> km = FaissKMeans(2, "l2", seed=0).fit(x)
+        >>> bool(km.predict(x)[0][0] == km.predict(x)[0][1] != km.predict(x)[0][2])
+        True
     """
 
     def __init__(
@@ -64,53 +96,149 @@ class FaissKMeans:
         nredo: int = 1,
         max_points_per_centroid: int = 256,
         seed: int = 0,
+        spherical: bool | None = None,
+        init: Init = "auto",
     ) -> None:
-        if k < 2:
-            raise ConfigError(f"The 'k' parameter of FaissKMeans must be >= 2. Got {k} instead.")
-        self.k, self.metric, self.niter, self.nredo = k, metric, niter, nredo
-        self.max_points_per_centroid, self.seed = max_points_per_centroid, seed
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 2:
+            raise ConfigError(
+                f"The 'k' parameter of FaissKMeans must be an int >= 2. Got {k!r} instead."
+            )
+        check_metric(metric, "FaissKMeans")
+        for name, value in (
+            ("niter", niter),
+            ("nredo", nredo),
+            ("max_points_per_centroid", max_points_per_centroid),
+        ):
+            check_positive_int(value, name, "FaissKMeans")
+        if init not in ("auto", "k-means++", "random"):
+            raise ConfigError(
+                "The 'init' parameter of FaissKMeans must be one of 'auto', 'k-means++', "
+                f"'random'. Got {init!r} instead."
+            )
+        self.init = init
+        self.k, self.metric, self.niter, self.nredo = int(k), metric, niter, nredo
+        self.max_points_per_centroid, self.seed, self.spherical = (
+            max_points_per_centroid,
+            seed,
+            spherical,
+        )
 
     def fit(
-        self, x: NDArray[np.float32], init_centroids: NDArray[np.float32] | None = None
+        self, x: NDArray[np.floating], init_centroids: NDArray[np.floating] | None = None
     ) -> Self:
-        """Train on `x` (n, dim) float32; optionally warm-start from `init_centroids` (k, dim).
+        """Train on ``x``; optionally warm-start from ``init_centroids``.
 
-        Raises:
-            ConfigError: fewer points than clusters.
-        """
-        if x.shape[0] < self.k:
-            raise ConfigError(
-                f"n_docs={x.shape[0]} should be >= k={self.k}; lower k or use k='auto'."
-            )
-        data = prepare(x, self.metric)
-        kmeans = faiss.Kmeans(
-            data.shape[1],
-            self.k,
-            niter=self.niter,
-            nredo=self.nredo,
-            seed=self.seed,
-            spherical=self.metric == "cosine",
-            max_points_per_centroid=self.max_points_per_centroid,
-            verbose=False,
-        )
-        kmeans.train(data, init_centroids=init_centroids)
-        self.cluster_centers_ = kmeans.centroids.astype(np.float32)
-        self.inertia_ = float(kmeans.obj[-1]) if len(kmeans.obj) else float("nan")
-        self.n_iter_ = len(kmeans.obj) // self.nredo
-        self._index = flat_index(self.cluster_centers_, self.metric)
-        return self
-
-    def predict(
-        self, x: NDArray[np.float32]
-    ) -> tuple[NDArray[np.int32], NDArray[np.float32], NDArray[np.float32]]:
-        """Nearest centroid of each row of `x`.
+        Args:
+            x: float array of shape (n, dim), n >= k; not modified.
+            init_centroids: float array of shape (k, dim), e.g. the previous run's centroids.
 
         Returns:
-            cluster ids int32 (n,), distance to that centroid float32 (n,), and confidence
-            float32 (n,) = 1 - d1/d2 from the nearest and second-nearest centroid distances
-            (1 on the centroid, 0 on the boundary between two clusters).
+            self, fitted.
+
+        Raises:
+            ConfigError: fewer points than clusters, non-finite input, ``init_centroids`` of
+                the wrong shape, or ``spherical=True`` with ``"l2"`` on points that are not
+                unit vectors.
         """
-        scores, ids = self._index.search(prepare(x, self.metric), 2)
-        dist = to_distance(scores, self.metric)
-        confidence = 1.0 - dist[:, 0] / np.maximum(dist[:, 1], 1e-12)
-        return ids[:, 0].astype(np.int32), dist[:, 0], confidence.clip(0.0, 1.0).astype(np.float32)
+        data = prepare(check_x(x, "FaissKMeans.fit"), self.metric)
+        n, dim = data.shape
+        if n < self.k:
+            raise ConfigError(f"n_docs={n} should be >= k={self.k}; lower k or use k='auto'.")
+        spherical = self._resolve_spherical(data)
+        warm = self._check_init(init_centroids, dim, spherical)
+        if warm is not None:
+            self.init_, starts = "warm", [warm]
+        elif self.init == "k-means++" or (self.init == "auto" and self.k <= PLUSPLUS_MAX_K):
+            self.init_ = "k-means++"
+            starts = [self._plusplus(data, spherical, self.seed + r) for r in range(self.nredo)]
+        else:
+            self.init_, starts = "random", [None]
+        best: tuple[float, faiss.Kmeans] | None = None
+        for start in starts:
+            kmeans = faiss.Kmeans(
+                dim,
+                self.k,
+                niter=self.niter,
+                nredo=self.nredo if start is None else 1,
+                seed=self.seed,
+                spherical=spherical,
+                max_points_per_centroid=self.max_points_per_centroid,
+                verbose=False,
+            )
+            kmeans.train(data, init_centroids=start)
+            # Squared Euclidean distance to the nearest centroid, whatever the FAISS objective.
+            sq, _ = flat_index(kmeans.centroids, "l2").search(data, 1)
+            inertia = float(np.maximum(sq, 0.0).sum(dtype=np.float64))
+            if best is None or inertia < best[0]:
+                best = (inertia, kmeans)
+        assert best is not None
+        self.inertia_, kmeans = best
+        self.cluster_centers_ = kmeans.centroids.astype(np.float32)
+        self.objective_ = [float(v) for v in kmeans.obj]
+        self.n_iter_ = self.niter
+        self.spherical_, self.warm_started_ = spherical, warm is not None
+        # For cosine, assignment compares directions, so the index holds unit centroids even
+        # when plain (non-spherical) k-means left them shorter.
+        self._index = flat_index(prepare(self.cluster_centers_, self.metric), self.metric)
+        return self
+
+    def _plusplus(
+        self, data: NDArray[np.float32], spherical: bool, seed: int
+    ) -> NDArray[np.float32]:
+        rng = np.random.default_rng(seed)
+        size = min(len(data), PLUSPLUS_POINTS_PER_CENTROID * self.k)
+        sample = data[np.sort(rng.choice(len(data), size, replace=False))]
+        centers, _ = kmeans_plusplus(sample, self.k, random_state=seed)
+        return prepare(centers, "cosine" if spherical else "l2")
+
+    def _resolve_spherical(self, data: NDArray[np.float32]) -> bool:
+        if self.metric == "cosine":
+            return self.spherical is not False
+        norms = np.sqrt(np.einsum("ij,ij->i", data, data, dtype=np.float64))
+        unit = bool(np.all(np.abs(norms - 1.0) <= _UNIT_NORM_TOL))
+        if self.spherical and not unit:
+            raise ConfigError(
+                "spherical=True with metric='l2' needs unit-norm points; use metric='cosine' "
+                "(which normalises them) or leave spherical unset."
+            )
+        return unit if self.spherical is None else self.spherical
+
+    def _check_init(
+        self, init: NDArray[np.floating] | None, dim: int, spherical: bool
+    ) -> NDArray[np.float32] | None:
+        if init is None:
+            return None
+        arr = np.asarray(init)
+        if arr.shape != (self.k, dim) or not np.isfinite(arr).all():
+            raise ConfigError(
+                f"init_centroids must be a finite array of shape (k, dim) = ({self.k}, {dim}). "
+                f"Got shape {arr.shape} instead."
+            )
+        return prepare(arr, "cosine" if spherical else "l2")
+
+    def predict(
+        self, x: NDArray[np.floating], batch_size: int = 65_536
+    ) -> tuple[NDArray[np.int32], NDArray[np.float32], NDArray[np.float32]]:
+        """Nearest centroid of each row of ``x``, searched ``batch_size`` rows at a time.
+
+        Args:
+            x: float array of shape (n, dim); not modified.
+            batch_size: rows prepared and searched at once (bounds the temporary copy).
+
+        Returns:
+            cluster ids int32 (n,), distance to that centroid float32 (n,) (1 - cos, or
+            Euclidean), and confidence float32 (n,) = 1 - d1/d2 from the nearest and
+            second-nearest centroid distances (1 on the centroid, 0 on the boundary between
+            two clusters).
+        """
+        check_positive_int(batch_size, "batch_size", "FaissKMeans.predict")
+        n = len(x)
+        ids, dist = np.empty(n, np.int32), np.empty(n, np.float32)
+        confidence = np.empty(n, np.float32)
+        for start in range(0, n, batch_size):
+            part = slice(start, start + batch_size)
+            scores, nearest = self._index.search(prepare(x[part], self.metric), 2)
+            d = to_distance(scores, self.metric)
+            ids[part], dist[part] = nearest[:, 0], d[:, 0]
+            confidence[part] = (1.0 - d[:, 0] / np.maximum(d[:, 1], 1e-12)).clip(0.0, 1.0)
+        return ids, dist, confidence

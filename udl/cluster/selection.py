@@ -1,28 +1,54 @@
-"""Choose k automatically from internal scores on a sample.
+"""Choose k for k-means and eps for DBSCAN automatically, on a sample.
 
-Rule (documented in the README and written into `metrics.json`): fit k-means for every
-candidate k on the same sample and score it by silhouette (higher is better),
-Calinski-Harabasz (higher) and Davies-Bouldin (lower). Each score ranks the candidates; the k
-with the smallest sum of the three ranks wins (a Borda count, so no single score's scale
-dominates); ties go to the higher silhouette.
+k (``choose_k``): fit k-means for every candidate k on the same sample and score it by
+silhouette (higher is better), Calinski-Harabasz (higher) and Davies-Bouldin (lower); for
+cosine, CH and DB are computed on the L2-normalised sample, the space spherical k-means works
+in. Each candidate's k-means keeps the best of ``SELECTION_NREDO`` restarts: one poor local
+minimum (two centroids sharing a cluster) would otherwise misrank its k. Each score ranks the candidates; the k with the smallest sum of the three ranks wins (a
+Borda count, so no single score's scale dominates); ties go to the higher silhouette, then the
+smaller k. The rule and every candidate's scores are returned for ``metrics.json``.
+
+eps (``estimate_eps``): the knee of the sorted k-distance curve (k = ``min_samples``), the
+heuristic of Ester et al. (1996) made automatic with the "kneedle" rule of Satopaa et al.
+(2011): the point of the curve farthest from the chord joining its ends.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import rankdata
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+from sklearn.preprocessing import normalize
 
+from udl.cluster._checks import check_metric, check_positive_int, check_x
 from udl.cluster.kmeans import FaissKMeans, Metric
+from udl.cluster.neighbours import flat_index, search_copy
+from udl.errors import ConfigError
 
-__all__ = ["CandidateScore", "SelectionResult", "choose_k"]
+__all__ = ["EPS_RULE", "K_RULE", "CandidateScore", "SelectionResult", "choose_k", "estimate_eps"]
+
+SELECTION_NREDO = 3
+K_RULE = (
+    f"k-means (best of {SELECTION_NREDO} restarts) for each candidate k on one sample; "
+    "rank candidates by silhouette (desc), Calinski-Harabasz (desc) and Davies-Bouldin "
+    "(asc); choose the smallest rank sum, ties to the higher silhouette, then the smaller k"
+)
+EPS_RULE = (
+    "knee (farthest point from the chord) of the sorted distances of sampled points to their "
+    "min_samples-th nearest neighbour among all points, itself counted"
+)
+# Sampled queries searched against all points at once (bounds the (batch, k) result).
+_QUERY_BATCH = 4096
 
 
 @dataclass(frozen=True)
 class CandidateScore:
+    """Internal scores of k-means with one candidate k on the selection sample."""
+
     k: int
     silhouette: float
     calinski_harabasz: float
@@ -32,11 +58,18 @@ class CandidateScore:
 
 @dataclass(frozen=True)
 class SelectionResult:
+    """The chosen k and every candidate's scores."""
+
     chosen: int
     candidates: list[CandidateScore]
 
-    def as_dict(self) -> dict:
-        return {"chosen": self.chosen, "candidates": [asdict(c) for c in self.candidates]}
+    def as_dict(self) -> dict[str, Any]:
+        """``{"rule", "chosen", "candidates": [{k, silhouette, ..., rank_sum}]}`` for metrics."""
+        return {
+            "rule": K_RULE,
+            "chosen": self.chosen,
+            "candidates": [asdict(c) for c in self.candidates],
+        }
 
 
 def choose_k(
@@ -46,26 +79,44 @@ def choose_k(
     niter: int = 25,
     seed: int = 0,
 ) -> SelectionResult:
-    """Pick k among `candidates` for the sample `x` (n, dim) by the rank-sum rule above.
+    """Pick k among ``candidates`` for the sample ``x`` by the rank-sum rule above.
 
-    Candidates with k >= n are skipped; at least one must remain.
+    Args:
+        x: float32 array of shape (n, dim), the selection sample.
+        candidates: values of k to try; those not in [2, n) are skipped.
+        metric: ``"cosine"`` or ``"l2"``.
+        niter: k-means iterations per candidate.
+        seed: seed of every candidate's k-means.
+
+    Returns:
+        The chosen k and the scores of each candidate tried.
+
+    Raises:
+        ConfigError: if no candidate is in [2, n).
     """
-    usable = [k for k in candidates if 2 <= k < x.shape[0]]
+    arr = check_x(x, "choose_k")
+    check_metric(metric, "choose_k")
+    usable = sorted({k for k in candidates if 2 <= k < arr.shape[0]})
     if not usable:
-        raise ValueError(f"no candidate k in {candidates} is below the sample size {x.shape[0]}")
+        raise ConfigError(
+            f"No candidate k in {candidates} is in [2, {arr.shape[0]}), the selection sample "
+            "size; lower k_candidates or raise selection_sample."
+        )
     sk_metric = "cosine" if metric == "cosine" else "euclidean"
+    space = normalize(arr) if metric == "cosine" else arr
     rows = []
     for k in usable:
-        labels = FaissKMeans(k, metric, niter=niter, seed=seed).fit(x).predict(x)[0]
+        model = FaissKMeans(k, metric, niter=niter, nredo=SELECTION_NREDO, seed=seed)
+        labels = model.fit(arr).predict(arr)[0]
         if len(np.unique(labels)) < 2:
             rows.append((k, -1.0, 0.0, float("inf")))
             continue
         rows.append(
             (
                 k,
-                float(silhouette_score(x, labels, metric=sk_metric)),
-                float(calinski_harabasz_score(x, labels)),
-                float(davies_bouldin_score(x, labels)),
+                float(silhouette_score(arr, labels, metric=sk_metric)),
+                float(calinski_harabasz_score(space, labels)),
+                float(davies_bouldin_score(space, labels)),
             )
         )
     table = np.array([r[1:] for r in rows])
@@ -74,5 +125,87 @@ def choose_k(
         CandidateScore(k, s, ch, db, float(rank))
         for (k, s, ch, db), rank in zip(rows, ranks, strict=True)
     ]
-    best = min(scores, key=lambda c: (c.rank_sum, -c.silhouette))
+    best = min(scores, key=lambda c: (c.rank_sum, -c.silhouette, c.k))
     return SelectionResult(best.k, scores)
+
+
+def estimate_eps(
+    x: NDArray[np.floating],
+    min_samples: int,
+    metric: Metric = "cosine",
+    sample_size: int = 10_000,
+    seed: int = 0,
+) -> float:
+    """Suggest ``eps`` from the knee of the sorted k-distance curve, k = ``min_samples``.
+
+    The sampled points are queried against ALL rows of ``x`` (a flat index, cost
+    ``sample_size * n * d``), so their k-distances are those DBSCAN will see; a search within
+    the sample alone would overestimate ``eps`` by about ``(n / sample_size) ** (1 / d_intrinsic)``
+    and make neighbourhoods, time and memory explode on large inputs.
+
+    Args:
+        x: float array of shape (n, d); not modified.
+        min_samples: The ``min_samples`` that will be passed to DBSCAN; at least 2.
+        metric: ``"cosine"`` or ``"l2"``.
+        sample_size: At most this many rows, drawn at random without replacement, are queried.
+        seed: Seed of the sample, so the estimate is reproducible.
+
+    Returns:
+        A positive ``eps`` in the metric's units (cosine distance, or Euclidean distance).
+
+    Raises:
+        ConfigError: If a parameter is invalid, ``x`` has fewer than ``min_samples`` rows,
+            or all k-distances are zero (duplicated points).
+    """
+    arr = check_x(x, "estimate_eps")
+    check_positive_int(min_samples, "min_samples", "estimate_eps")
+    check_positive_int(sample_size, "sample_size", "estimate_eps")
+    check_metric(metric, "estimate_eps")
+    if min_samples < 2:
+        raise ConfigError(
+            "The 'min_samples' parameter of estimate_eps must be >= 2: with 1 the k-distance is "
+            f"each point's distance to itself. Got {min_samples!r} instead."
+        )
+    n = arr.shape[0]
+    if n < min_samples:
+        raise ConfigError(
+            f"The 'min_samples' parameter of estimate_eps ({min_samples}) exceeds the "
+            f"{n} points of x; pass more points or lower min_samples."
+        )
+    xs = search_copy(arr, metric)
+    queries = np.arange(n)
+    if n > sample_size:
+        queries = np.sort(np.random.default_rng(seed).choice(n, size=sample_size, replace=False))
+    index = flat_index(xs, metric)
+    kth = np.concatenate(
+        [
+            index.search(xs[queries[i : i + _QUERY_BATCH]], min_samples)[0][:, -1]
+            for i in range(0, len(queries), _QUERY_BATCH)
+        ]
+    ).astype(np.float64)
+    kdist = np.sqrt(np.maximum(kth, 0.0)) if metric == "l2" else np.maximum(1.0 - kth, 0.0)
+    curve = np.sort(kdist)
+    eps = curve[_knee_index(curve)]
+    if eps <= 0:
+        positive = curve[curve > 0]
+        if positive.size == 0:
+            raise ConfigError(
+                f"estimate_eps: every sampled point has {min_samples - 1} exact duplicates, so "
+                "all k-distances are 0; deduplicate x or raise min_samples."
+            )
+        eps = positive[0]
+    return float(eps)
+
+
+def _knee_index(curve: NDArray[np.float64]) -> int:
+    """Index of the point of a sorted curve farthest from the chord between its ends.
+
+    Both axes are scaled to [0, 1], so the chord is the diagonal and the distance to it is
+    proportional to ``|t - y|``.
+    """
+    span = curve[-1] - curve[0]
+    if curve.size < 3 or span <= 0:
+        return curve.size - 1
+    t = np.linspace(0.0, 1.0, curve.size)
+    y = (curve - curve[0]) / span
+    return int(np.argmax(np.abs(t - y)))
