@@ -79,8 +79,22 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
         dest="metadata_columns",
         help="extra column carried to the assignments (repeatable)",
     )
+    group.add_argument(
+        "--embedding-column",
+        metavar="C",
+        help="column of precomputed vectors (Parquet or JSON Lines lists of numbers): they are "
+        "clustered directly and no encoder is trained; bad vectors go to rejects/",
+    )
     parser.add_argument(
-        "--encoder", choices=["autoencoder", "attention"], help="encoder (default: autoencoder)"
+        "--encoder",
+        choices=["autoencoder", "attention", "pretrained"],
+        help="encoder (default: autoencoder; pretrained needs the 'pretrained' extra)",
+    )
+    parser.add_argument(
+        "--warm-start",
+        metavar="previous|DIR",
+        help="continue training the encoder of the previous run (keeps cluster ids stable "
+        "night after night) or of a checkpoint folder",
     )
     parser.add_argument(
         "--dask-address", metavar="ADDR", help="existing Dask scheduler (default: a local cluster)"
@@ -165,7 +179,9 @@ OVERRIDES = {
     "id_column": "input.id_column",
     "label_column": "input.label_column",
     "metadata_columns": "input.metadata_columns",
+    "embedding_column": "input.embedding_column",
     "encoder": "encoder.kind",
+    "warm_start": "encoder.warm_start",
     "algorithm": "cluster.algorithm",
     "k": "cluster.k",
     "eps": "cluster.eps",

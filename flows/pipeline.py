@@ -16,12 +16,21 @@ import logging
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from pydantic import ValidationError
 
 from tasks._common import for_run
 from tasks.steps import cluster_task, embed_task, ingest_task, preprocess_task, report_task
-from udl.config import PipelineConfig, ReportConfig
+from udl.cluster.assign import CENTROIDS_FILE
+from udl.config import PipelineConfig, ReportConfig, RuntimeConfig
 from udl.errors import ConfigError
 from udl.fingerprint import source_fingerprint, step_key
+from udl.lineage import (
+    centroids_fingerprint,
+    embedding_space,
+    pin_previous_run,
+    resolve_warm_start,
+    space_of,
+)
 from udl.manifest import new_run_id, reuse_steps, write_manifest
 from udl.storage import RunLayout, read_json
 
@@ -35,7 +44,15 @@ def run_layout(config: PipelineConfig) -> RunLayout:
 
 
 def _existing_run(output_dir: str, run_id: str) -> RunLayout:
-    """An existing run by id, or the newest completed one for ``latest``."""
+    """An existing run by id, or the newest completed one for ``latest``.
+
+    The id is checked like `RuntimeConfig.run_id`, so it names a folder inside
+    ``<output_dir>/runs`` (no ``..``, no absolute path).
+    """
+    try:
+        RuntimeConfig(run_id=run_id)
+    except ValidationError as exc:
+        raise ConfigError.from_validation_error(exc, "RuntimeConfig") from None
     output = Path(output_dir).expanduser().resolve()
     if run_id == "latest":
         latest = output / "latest"
@@ -58,12 +75,34 @@ def _ingest_key(layout: RunLayout, config: PipelineConfig) -> str:
     return step_key("ingest", str(layout.run_dir), source_fingerprint(config.input), config.input)
 
 
-def _cluster_and_report(layout: RunLayout, config: PipelineConfig, embed_key: str) -> None:
+def _followed_models(
+    layout: RunLayout, config: PipelineConfig, previous: RunLayout | None
+) -> Path | None:
+    """The previous run's models folder when its clusters can be continued: same embedding
+    space (see `udl.lineage`) and alignment switched on."""
+    if previous is None or not config.cluster.align_to_previous:
+        return None
+    space = space_of(layout)
+    if space is None or space_of(previous) != space:
+        get_run_logger().info(
+            "cluster ids start afresh: run %s embedded into another space (an encoder trained "
+            "from scratch); set encoder.warm_start=previous to keep them stable",
+            previous.run_id,
+        )
+        return None
+    return previous.models
+
+
+def _cluster_and_report(
+    layout: RunLayout, config: PipelineConfig, embed_key: str, previous: RunLayout | None
+) -> None:
     runtime = config.runtime
-    cluster_key = step_key("cluster", embed_key, config.cluster, runtime.seed)
-    for_run(cluster_task, layout, runtime)(layout, config, cluster_key)
-    report_key = step_key("report", cluster_key, config.report)
-    for_run(report_task, layout, runtime)(layout, config, report_key)
+    followed = _followed_models(layout, config, previous)
+    followed_centroids = centroids_fingerprint(followed / CENTROIDS_FILE) if followed else None
+    cluster_key = step_key("cluster", embed_key, config.cluster, runtime.seed, followed_centroids)
+    for_run(cluster_task, layout, runtime)(layout, config, cluster_key, followed)
+    report_key = step_key("report", cluster_key, config.report, previous and previous.run_id)
+    for_run(report_task, layout, runtime)(layout, config, report_key, previous)
 
 
 @flow(name="udl-pipeline", log_prints=True)
@@ -75,19 +114,22 @@ def clustering_pipeline(config: PipelineConfig = PipelineConfig()) -> str:  # no
     runtime = config.runtime
     get_run_logger().info("run %s in %s", layout.run_id, layout.run_dir)
     layout.run_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(layout, config, status="running")
+    previous = pin_previous_run(layout)
+    config = resolve_warm_start(config, previous)
+    write_manifest(layout, config, "running", previous)
     try:
         key = _ingest_key(layout, config)
         for_run(ingest_task, layout, runtime)(layout, config, key)
         key = step_key("preprocess", key, config.preprocess)
         for_run(preprocess_task, layout, runtime)(layout, config, key)
         key = step_key("embed", key, config.encoder, runtime.seed)
-        for_run(embed_task, layout, runtime)(layout, config, key)
-        _cluster_and_report(layout, config, key)
+        space = embedding_space(config, key)
+        for_run(embed_task, layout, runtime)(layout, config, key, space)
+        _cluster_and_report(layout, config, key, previous)
     except BaseException:
-        write_manifest(layout, config, status="failed")
+        write_manifest(layout, config, "failed", previous)
         raise
-    write_manifest(layout, config, status="completed")
+    write_manifest(layout, config, "completed", previous)
     return str(layout.run_dir)
 
 
@@ -98,9 +140,14 @@ def ingest_only(config: PipelineConfig = PipelineConfig()) -> str:  # noqa: B008
     _quiet_dask_logs()
     layout = run_layout(config)
     layout.run_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(layout, config, status="running")
-    for_run(ingest_task, layout, config.runtime)(layout, config, _ingest_key(layout, config))
-    write_manifest(layout, config, status="ingested")
+    previous = pin_previous_run(layout)
+    write_manifest(layout, config, "running", previous)
+    try:
+        for_run(ingest_task, layout, config.runtime)(layout, config, _ingest_key(layout, config))
+    except BaseException:
+        write_manifest(layout, config, "failed", previous)
+        raise
+    write_manifest(layout, config, "ingested", previous)
     return str(layout.run_dir)
 
 
@@ -118,6 +165,7 @@ def recluster(
         raise ConfigError("recluster needs a new run id, not the source run's")
     get_run_logger().info("run %s re-clusters run %s", layout.run_id, source.run_id)
     layout.run_dir.mkdir(parents=True, exist_ok=True)
+    previous = pin_previous_run(layout)
     source_config = PipelineConfig.model_validate(read_json(source.manifest)["config"])
     # The new run inherits what it reuses: input, preprocessing and encoder settings.
     config = config.model_copy(
@@ -127,14 +175,14 @@ def recluster(
             "encoder": source_config.encoder,
         }
     )
-    write_manifest(layout, config, status="running")
+    write_manifest(layout, config, "running", previous)
     try:
         embedded = reuse_steps(source, layout, ("ingest", "preprocess", "embed"))
-        _cluster_and_report(layout, config, embedded["key"])
+        _cluster_and_report(layout, config, embedded["key"], previous)
     except BaseException:
-        write_manifest(layout, config, status="failed")
+        write_manifest(layout, config, "failed", previous)
         raise
-    write_manifest(layout, config, status="completed")
+    write_manifest(layout, config, "completed", previous)
     return str(layout.run_dir)
 
 
@@ -149,8 +197,9 @@ def rereport(
     layout = _existing_run(output_dir, run_id)
     manifest = read_json(layout.manifest)
     config = PipelineConfig.model_validate(manifest["config"]).model_copy(update={"report": report})
+    previous = pin_previous_run(layout)
     cluster_key = read_json(layout.steps / "cluster.json")["key"]
-    report_key = step_key("report", cluster_key, config.report)
-    for_run(report_task, layout, config.runtime)(layout, config, report_key)
-    write_manifest(layout, config, status=manifest["status"])
+    report_key = step_key("report", cluster_key, config.report, previous and previous.run_id)
+    for_run(report_task, layout, config.runtime)(layout, config, report_key, previous)
+    write_manifest(layout, config, manifest["status"], previous)
     return str(layout.run_dir)

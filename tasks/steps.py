@@ -7,6 +7,7 @@ binds each task to the run with `for_run` so the cache lives in the run folder.
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -55,8 +56,9 @@ def preprocess_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict
 
 
 @task(name="embed", **STEP_OPTIONS)
-def embed_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
-    """Train the encoder on a sample and write `embeddings/`."""
+def embed_task(layout: RunLayout, config: PipelineConfig, key: str, space: str) -> dict:
+    """Train the encoder on a sample and write `embeddings/` (in embedding space `space`, see
+    `udl.lineage`)."""
 
     def compute() -> dict:
         result = embed_corpus(
@@ -68,14 +70,17 @@ def embed_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
             config.preprocess,
             config.runtime.seed,
         )
-        return {"rows": result.n_docs, **asdict(result)}
+        return {"rows": result.n_docs, "space": space, **asdict(result)}
 
     return run_step(layout, "embed", key, compute)
 
 
 @task(name="cluster", **STEP_OPTIONS)
-def cluster_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
-    """Cluster the embeddings and write `assignments/`."""
+def cluster_task(
+    layout: RunLayout, config: PipelineConfig, key: str, previous_models: Path | None
+) -> dict:
+    """Cluster the embeddings and write `assignments/`; with `previous_models` (the previous
+    run's, same embedding space) warm-start from and align ids to its centroids."""
 
     def compute() -> dict:
         result = cluster_embeddings(
@@ -86,6 +91,7 @@ def cluster_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
             config.cluster,
             layout.run_id,
             config.runtime.seed,
+            previous_models,
         )
         return {"rows": result.n_docs, **asdict(result)}
 
@@ -99,13 +105,15 @@ def _artifacts(result: ReportResult) -> None:
 
 
 @task(name="report", **STEP_OPTIONS)
-def report_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
-    """Evaluate, write `report/`, publish artifacts, point `<output_dir>/latest` here."""
+def report_task(
+    layout: RunLayout, config: PipelineConfig, key: str, previous: RunLayout | None
+) -> dict:
+    """Evaluate, compare with the `previous` run, write `report/`, publish artifacts, point
+    `<output_dir>/latest` here."""
     steps = {step: read_json(layout.steps / f"{step}.json") for step in STEPS[:-1]}
 
     def compute() -> dict:
-        # Before mark_latest: build_report compares with the run `latest` still points to.
-        result = build_report(layout, config, steps)
+        result = build_report(layout, config, steps, previous)
         _artifacts(result)
         mark_latest(layout)
         return {"rows": result.metrics["n_docs"], "metrics": result.metrics}

@@ -23,6 +23,8 @@ DOCUMENTED = [
     "--min-samples",
     "--metric",
     "--seed",
+    "--warm-start",
+    "--embedding-column",
     "--run-id",
     "--dask-address",
 ]
@@ -35,7 +37,7 @@ def test_console_script_documents_every_option() -> None:
     run = subprocess.run([udl, "run", "--help"], capture_output=True, text=True, check=True)
     for option in DOCUMENTED:
         assert option in run.stdout, option
-    assert "autoencoder,attention" in run.stdout.replace(" ", "")
+    assert "autoencoder,attention,pretrained" in run.stdout.replace(" ", "")
 
 
 def test_options_override_the_config_file(tmp_path: Path) -> None:

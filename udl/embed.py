@@ -2,12 +2,17 @@
 
 Training reads only the sampled rows; inference streams part by part, so memory is bounded by
 the sample and one part, whatever the corpus size.
+
+A corpus ingested with supplied vectors (`input.embedding_column`, the corpus column
+`embedding`) trains no encoder: `copy_embeddings` writes those vectors, L2-normalised if
+configured, with a typicality anomaly score (1 - cosine to the corpus's mean direction).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +25,35 @@ from tqdm.auto import tqdm
 
 from udl import schema as S
 from udl.config import EncoderConfig, PreprocessConfig
+from udl.encoders.attention import AttentionEncoder
 from udl.encoders.autoencoder import AutoencoderEncoder
 from udl.encoders.base import DocumentBatch, Encoder
+from udl.encoders.estimator import CONFIG_FILE, TorchEncoder
+from udl.encoders.training import TrainingResult
+from udl.errors import ConfigError
 from udl.features import TFIDF_FILE, read_csr
 from udl.storage import atomic_dir, dataset_parts, sample_rows, write_part
 
-__all__ = ["EmbedResult", "embed_corpus", "load_encoder", "read_documents", "read_embeddings"]
+__all__ = [
+    "EmbedResult",
+    "copy_embeddings",
+    "embed_corpus",
+    "has_supplied_vectors",
+    "load_encoder",
+    "make_encoder",
+    "read_documents",
+    "read_embeddings",
+    "write_embeddings",
+]
 
 log = logging.getLogger(__name__)
 
 ENCODER_DIR = "encoder"
 VALID_SHARE = 0.1
+_ENCODERS: dict[str, type[TorchEncoder]] = {
+    AutoencoderEncoder.kind: AutoencoderEncoder,
+    AttentionEncoder.kind: AttentionEncoder,
+}
 
 
 @dataclass(frozen=True)
@@ -42,8 +65,12 @@ class EmbedResult:
     n_valid: int
     dim: int
     epochs_run: int
-    best_valid_loss: float
+    best_valid_loss: float  # NaN for the pretrained encoder, which is not trained
     n_parameters: int
+    dec_iterations: int  # DEC mini-batches run; 0 without DEC
+    dec_converged: bool  # DEC stopped by its `tol` rule rather than its iteration cap
+    train_seconds: float  # sampling, training, DEC and saving the checkpoint
+    embed_seconds: float  # inference over every part, written to `embeddings/`
 
 
 def read_documents(
@@ -79,24 +106,182 @@ def _sample(
     return DocumentBatch(sp.vstack([b.tfidf for b in batches], format="csr"), texts)
 
 
-def make_encoder(config: EncoderConfig, n_features: int, models_dir: Path, seed: int) -> Encoder:
-    """A fresh, untrained encoder of the configured kind."""
+def make_encoder(
+    config: EncoderConfig, preprocess: PreprocessConfig, models_dir: Path, seed: int
+) -> Encoder:
+    """An encoder of the configured kind, ready for `fit`.
+
+    Fresh (untrained) unless `config.warm_start` names an earlier checkpoint, whose weights
+    and feature vocabulary are kept; training then continues with `config`'s settings.
+
+    Args:
+        config: encoder kind, sizes and training settings.
+        preprocess: the tokenisation and hashing that produced the features.
+        models_dir: holds `tfidf.parquet` (the features kept by pruning).
+        seed: seeds initialisation, noise and batch order.
+
+    Raises:
+        ConfigError: unknown checkpoint, incompatible warm start, missing optional model.
+    """
+    if config.kind == "pretrained":
+        from udl.encoders.pretrained import PretrainedEncoder
+
+        return PretrainedEncoder(config, seed)
+    if config.warm_start is not None:
+        previous = load_encoder(Path(config.warm_start), config.device)
+        if not isinstance(previous, TorchEncoder):
+            raise ConfigError(
+                f"encoder.warm_start={config.warm_start!r} holds a {previous.kind!r} encoder, "
+                "which has no trained weights; name a trained encoder's checkpoint"
+            )
+        return previous.continue_with(config, preprocess, seed)
     inputs, target = _kept_features(models_dir, config.reconstruct_features)
-    if config.kind == "autoencoder":
-        return AutoencoderEncoder(config, inputs, target, seed)
-    from udl.encoders.attention import AttentionEncoder
-
-    return AttentionEncoder(config, n_features, target, seed)
+    return _ENCODERS[config.kind](config, preprocess, inputs, target, seed)
 
 
-def load_encoder(folder: Path) -> Encoder:
-    """Load a saved encoder of any kind from its checkpoint folder."""
-    kind = json.loads((folder / "config.json").read_text())["kind"]
-    if kind == "autoencoder":
-        return AutoencoderEncoder.load(folder)
-    from udl.encoders.attention import AttentionEncoder
+def load_encoder(folder: Path, device: str | None = None) -> Encoder:
+    """Load a saved encoder of any kind from its checkpoint folder.
 
-    return AttentionEncoder.load(folder)
+    Args:
+        folder: a checkpoint written by `Encoder.save` (`config.json`, `weights.pt`).
+        device: overrides the saved device setting.
+
+    Raises:
+        ConfigError: `folder` holds no checkpoint.
+    """
+    config_file = folder / CONFIG_FILE
+    if not config_file.is_file():
+        raise ConfigError(
+            f"{folder} holds no encoder checkpoint ({CONFIG_FILE} missing); pass a run's "
+            "models/encoder folder"
+        )
+    kind = json.loads(config_file.read_text())["kind"]
+    if kind == "pretrained":
+        from udl.encoders.pretrained import PretrainedEncoder
+
+        return PretrainedEncoder.load(folder, device)
+    return _ENCODERS[kind].load(folder, device)
+
+
+def _embeddings_table(
+    doc_ids: list[str], vectors: NDArray[np.float32], scores: NDArray[np.float32]
+) -> pa.Table:
+    """One `embeddings/` part: vectors (n, dim) float32 and anomaly scores (n,) float32."""
+    dim = vectors.shape[1]
+    return pa.Table.from_arrays(
+        [
+            pa.array(doc_ids, pa.string()),
+            pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+            pa.array(scores, pa.float32()),
+        ],
+        schema=S.embeddings_schema(dim),
+    )
+
+
+def write_embeddings(
+    encoder: Encoder, corpus_dir: Path, features_dir: Path, embeddings_dir: Path, n_features: int
+) -> int:
+    """Embed every document part by part into `embeddings_dir` (atomic); returns the row count.
+
+    Memory is bounded by one part: parts are read, embedded and written one at a time, and
+    part i of the output holds the documents of part i of the corpus, in order.
+    """
+    n_docs = 0
+    with atomic_dir(embeddings_dir) as out:
+        parts = list(zip(dataset_parts(corpus_dir), dataset_parts(features_dir), strict=True))
+        for index, (corpus_part, features_part) in enumerate(
+            tqdm(parts, desc="embed", unit="part", disable=None)
+        ):
+            doc_ids, docs = read_documents(corpus_part, features_part, n_features)
+            vectors, scores = encoder.transform(docs)
+            table = _embeddings_table(doc_ids, vectors.reshape(len(doc_ids), encoder.dim), scores)
+            write_part(table, out, index)
+            n_docs += table.num_rows
+    return n_docs
+
+
+def has_supplied_vectors(corpus_dir: Path) -> bool:
+    """Whether the corpus carries supplied vectors (ingested with `input.embedding_column`).
+
+    Metadata columns are strings, so a fixed-size list column `embedding` can only be those.
+    """
+    parts = dataset_parts(corpus_dir)
+    if not parts:
+        return False
+    schema = pq.read_schema(parts[0])
+    index = schema.get_field_index(S.EMBEDDING)
+    return index >= 0 and pa.types.is_fixed_size_list(schema.field(index).type)
+
+
+def _read_supplied(part: Path) -> tuple[list[str], NDArray[np.float32]]:
+    """Doc ids and supplied vectors (n, dim) float32 of one corpus part."""
+    table = pq.read_table(part, columns=[S.DOC_ID, S.EMBEDDING])
+    column = table.column(S.EMBEDDING).combine_chunks()
+    vectors = column.flatten().to_numpy().reshape(table.num_rows, column.type.list_size)
+    return table.column(S.DOC_ID).to_pylist(), vectors
+
+
+def _unit(vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Rows scaled to unit L2 norm (a zero row stays zero)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def copy_embeddings(corpus_dir: Path, embeddings_dir: Path, normalize: bool) -> EmbedResult:
+    """Write the corpus's supplied vectors as `embeddings/`: no encoder is trained.
+
+    Two streamed passes over the corpus's `embedding` column, one part in memory at a time.
+    The first sums the unit-normalised vectors into the corpus's mean direction ``m``; the
+    second writes each part (part i of the output holds part i of the corpus, in order) with
+
+        anomaly_score = 1 - cos(x, m)   (in [0, 2]; 1 for a zero vector, or if m is zero)
+
+    a typicality score: documents pointing away from what the corpus has in common score high.
+    It is exact (no sample) and does not depend on `normalize`. On a corpus of a few
+    well-separated clusters, a whole cluster lying far from the mean direction scores high
+    too; the assignments' distance to the centroid gives the within-cluster view.
+
+    Args:
+        corpus_dir: ingested corpus with the `embedding` column (see `has_supplied_vectors`).
+        embeddings_dir: output dataset (`doc_id`, `embedding`, `anomaly_score`), atomic.
+        normalize: write the vectors L2-normalised (as `EncoderConfig.normalize`), else as
+            supplied.
+
+    Returns:
+        Sizes and timings; nothing is trained (`n_train` is 0, `train_seconds` is the first
+        pass).
+    """
+    started = time.perf_counter()
+    parts = dataset_parts(corpus_dir)
+    dim = pq.read_schema(parts[0]).field(S.EMBEDDING).type.list_size
+    total = np.zeros(dim, np.float64)
+    for part in parts:
+        total += _unit(_read_supplied(part)[1]).sum(axis=0, dtype=np.float64)
+    direction = (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32)
+    summed = time.perf_counter()
+    n_docs = 0
+    with atomic_dir(embeddings_dir) as out:
+        for index, part in enumerate(parts):
+            doc_ids, vectors = _read_supplied(part)
+            unit = _unit(vectors)
+            scores = np.clip(1.0 - unit @ direction, 0.0, 2.0).astype(np.float32)
+            write_part(
+                _embeddings_table(doc_ids, unit if normalize else vectors, scores), out, index
+            )
+            n_docs += len(doc_ids)
+    return EmbedResult(
+        n_docs=n_docs,
+        n_train=0,
+        n_valid=0,
+        dim=dim,
+        epochs_run=0,
+        best_valid_loss=float("nan"),
+        n_parameters=0,
+        dec_iterations=0,
+        dec_converged=False,
+        train_seconds=summed - started,
+        embed_seconds=time.perf_counter() - summed,
+    )
 
 
 def embed_corpus(
@@ -110,6 +295,11 @@ def embed_corpus(
 ) -> EmbedResult:
     """Train the configured encoder on a sample and write `embeddings/` for every document.
 
+    With `encoder_config.dec.method` set, the trained encoder is then refined by DEC/IDEC on
+    the same sample before embedding. A corpus with supplied vectors (`has_supplied_vectors`)
+    trains nothing: its vectors are written by `copy_embeddings`, and of the encoder settings
+    only `normalize` applies.
+
     Args:
         corpus_dir: ingested corpus (for texts).
         features_dir: TF-IDF features aligned with the corpus parts.
@@ -120,45 +310,41 @@ def embed_corpus(
         seed: seeds sampling, initialisation and batch order.
 
     Returns:
-        Sizes and training figures.
+        Sizes, training figures and timings.
+
+    Raises:
+        ConfigError: see `make_encoder`; DEC with fewer sampled documents than clusters.
     """
+    if has_supplied_vectors(corpus_dir):
+        log.info("the corpus has supplied vectors: no encoder is trained")
+        return copy_embeddings(corpus_dir, embeddings_dir, encoder_config.normalize)
     n_features = preprocess_config.n_features
+    started = time.perf_counter()
     sample = _sample(corpus_dir, features_dir, n_features, encoder_config.max_train_docs, seed)
     n_valid = max(1, int(len(sample) * VALID_SHARE)) if len(sample) > 1 else 0
     order = np.random.default_rng(seed + 1).permutation(len(sample))
     valid, train = sample.take(order[:n_valid]), sample.take(order[n_valid:])
-    encoder = make_encoder(encoder_config, n_features, models_dir, seed)
+    encoder = make_encoder(encoder_config, preprocess_config, models_dir, seed)
     encoder.fit(train, valid if n_valid else train)
+    dec = None
+    if encoder_config.dec.method != "none" and isinstance(encoder, TorchEncoder):
+        dec = encoder.refine_clusters(sample)
     encoder.save(models_dir / ENCODER_DIR)
-    schema = S.embeddings_schema(encoder.dim)
-    n_docs = 0
-    with atomic_dir(embeddings_dir) as out:
-        parts = list(zip(dataset_parts(corpus_dir), dataset_parts(features_dir), strict=True))
-        for index, (corpus_part, features_part) in enumerate(
-            tqdm(parts, desc="embed", disable=None)
-        ):
-            doc_ids, docs = read_documents(corpus_part, features_part, n_features)
-            vectors, scores = encoder.transform(docs)
-            flat = pa.array(vectors.reshape(-1), pa.float32())
-            table = pa.Table.from_arrays(
-                [
-                    pa.array(doc_ids, pa.string()),
-                    pa.FixedSizeListArray.from_arrays(flat, encoder.dim),
-                    pa.array(scores, pa.float32()),
-                ],
-                schema=schema,
-            )
-            write_part(table, out, index)
-            n_docs += table.num_rows
-    history = encoder.training_
+    trained = time.perf_counter()
+    n_docs = write_embeddings(encoder, corpus_dir, features_dir, embeddings_dir, n_features)
+    history = getattr(encoder, "training_", None) or TrainingResult()
     return EmbedResult(
         n_docs=n_docs,
         n_train=len(train),
         n_valid=n_valid,
         dim=encoder.dim,
         epochs_run=len(history.valid_loss),
-        best_valid_loss=min(history.valid_loss),
-        n_parameters=sum(p.numel() for p in encoder.model.parameters()),
+        best_valid_loss=min(history.valid_loss, default=float("nan")),
+        n_parameters=encoder.n_parameters,
+        dec_iterations=dec.n_iter_ if dec else 0,
+        dec_converged=dec.converged if dec else False,
+        train_seconds=trained - started,
+        embed_seconds=time.perf_counter() - trained,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import secrets
 import shutil
 from datetime import UTC, datetime
@@ -19,10 +20,39 @@ from udl.config import PipelineConfig
 from udl.errors import UdlError
 from udl.storage import RunLayout, read_json, write_json_atomic
 
-__all__ = ["STEPS", "new_run_id", "reuse_steps", "save_step", "versions", "write_manifest"]
+__all__ = [
+    "STEPS",
+    "new_run_id",
+    "redact",
+    "reuse_steps",
+    "save_step",
+    "versions",
+    "write_manifest",
+]
 
 STEPS = ("ingest", "preprocess", "embed", "cluster", "report")
 PACKAGES = ("udl", "torch", "faiss-cpu", "pyarrow", "dask", "scikit-learn", "prefect", "numpy")
+
+
+# The password of a URL's user info (``scheme://user:password@host``): a credential that a
+# config value (an fsspec URL, a scheduler address) may carry, never written to run records.
+_URL_PASSWORD = re.compile(r"(?P<keep>\b[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*:)[^/?#@\s]+@")
+
+
+def redact(value: Any) -> Any:
+    """`value` (JSON-like) with every URL password replaced by ``***``.
+
+    Example:
+        >>> redact({"dask_address": "tcp://udl:s3cret@scheduler:8786"})
+        {'dask_address': 'tcp://udl:***@scheduler:8786'}
+    """
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\g<keep>***@", value)
+    if isinstance(value, dict):
+        return {redact(k): redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -33,7 +63,7 @@ def new_run_id(now: datetime | None = None) -> str:
 
 def save_step(layout: RunLayout, step: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
     """Mark `step` complete: written last, after the step's outputs are in place."""
-    record = {"step": step, "key": key, **record}
+    record = redact({"step": step, "key": key, **record})
     write_json_atomic(layout.steps / f"{step}.json", record)
     return record
 
@@ -49,8 +79,11 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_manifest(layout: RunLayout, config: PipelineConfig, status: str) -> dict[str, Any]:
-    """Write ``manifest.json``: config, status, per-step row counts and timings, versions."""
+def write_manifest(
+    layout: RunLayout, config: PipelineConfig, status: str, previous: RunLayout | None = None
+) -> dict[str, Any]:
+    """Write ``manifest.json``: config, status, the run it follows, per-step row counts and
+    timings, versions."""
     steps = {}
     for step in STEPS:
         path = layout.steps / f"{step}.json"
@@ -59,12 +92,14 @@ def write_manifest(layout: RunLayout, config: PipelineConfig, status: str) -> di
     manifest = {
         "run_id": layout.run_id,
         "status": status,
+        "previous_run_id": previous.run_id if previous else None,
         "config": config.model_dump(mode="json"),
         "steps": steps,
         "rows": {step: rec.get("rows") for step, rec in steps.items()},
         "versions": versions(),
         "written_at": datetime.now(UTC).isoformat(),
     }
+    manifest = redact(manifest)
     write_json_atomic(layout.manifest, manifest)
     return manifest
 

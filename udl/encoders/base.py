@@ -1,5 +1,5 @@
-"""What every encoder shares: the document batch it reads, the reconstruction target, the
-protocol it implements, and device/seed handling."""
+"""What every encoder shares: the document batch it reads, the protocol it implements, and
+device/seed handling."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from udl.errors import ConfigError
 __all__ = [
     "DocumentBatch",
     "Encoder",
-    "reconstruction_target",
     "resolve_device",
     "seed_everything",
+    "to_device",
 ]
 
 
@@ -44,12 +44,18 @@ class DocumentBatch:
 
 
 class Encoder(Protocol):
-    """A trainable document encoder (see `udl.encoders.autoencoder` for the model one)."""
+    """A document encoder: the `TorchEncoder` subclasses and `PretrainedEncoder`."""
 
+    kind: str
     dim: int
 
+    @property
+    def n_parameters(self) -> int:
+        """Number of model parameters."""
+        ...
+
     def fit(self, train: DocumentBatch, valid: DocumentBatch) -> Self:
-        """Train without labels; `valid` drives early stopping."""
+        """Train without labels on a sample; `valid` drives early stopping."""
         ...
 
     def transform(self, docs: DocumentBatch) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
@@ -59,21 +65,6 @@ class Encoder(Protocol):
     def save(self, folder: Path) -> None:
         """Write `config.json` and `weights.pt` into `folder`."""
         ...
-
-
-def reconstruction_target(tfidf: sp.csr_matrix, features: NDArray[np.int64]) -> torch.Tensor:
-    """Dense, L2-normalised TF-IDF restricted to `features`: what decoders reconstruct.
-
-    Args:
-        tfidf: float32 CSR (n_docs, n_features).
-        features: int64 array (n_targets,) of feature ids.
-
-    Returns:
-        float32 tensor (n_docs, n_targets); all-zero rows stay zero.
-    """
-    dense = np.asarray(tfidf[:, features].todense(), dtype=np.float32)
-    norms = np.linalg.norm(dense, axis=1, keepdims=True)
-    return torch.from_numpy(dense / np.maximum(norms, 1e-12))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -94,3 +85,10 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)  # noqa: NPY002 (libraries that use the global state)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def to_device(tensors: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Move CPU tensors to `device`; on CUDA through pinned memory so the copy is asynchronous."""
+    if device.type == "cuda":
+        return tuple(t.pin_memory().to(device, non_blocking=True) for t in tensors)
+    return tensors

