@@ -11,6 +11,8 @@ import dask
 from distributed import Client, LocalCluster, default_client
 
 from udl.config import RuntimeConfig
+from udl.errors import ConfigError
+from udl.manifest import redact
 
 __all__ = ["compute", "dask_client"]
 
@@ -26,8 +28,17 @@ def dask_client(runtime: RuntimeConfig) -> Iterator[Client]:
     with the configured memory limit, and tears it down afterwards.
     """
     if runtime.dask_address:
-        log.info("connecting to Dask scheduler %s", runtime.dask_address)
-        with Client(runtime.dask_address, set_as_default=True) as client:
+        # Logs and errors show the address without any password it carries.
+        shown = redact(runtime.dask_address)
+        log.info("connecting to Dask scheduler %s", shown)
+        try:
+            client = Client(runtime.dask_address, set_as_default=True)
+        except ValueError:
+            raise ConfigError(
+                f"runtime.dask_address={shown!r} is not a Dask scheduler address "
+                "(tcp://host:port or tls://host:port; credentials go in Dask's TLS settings)"
+            ) from None
+        with client:
             yield client
         return
     with (

@@ -66,6 +66,8 @@ class SeenIds:
         return found
 
     def add(self, hashes: NDArray[np.uint64]) -> None:
+        if not len(hashes):  # an empty run would break `contains` (no last element)
+            return
         self.runs.append(np.sort(hashes))
         while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
             last = self.runs.pop()
