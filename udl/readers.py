@@ -219,11 +219,14 @@ def _read_parquet(source: Source, config: InputConfig) -> Iterator[RawBatch]:
             shutil.copyfileobj(handle, spool, BLOCK_BYTES)
             spool.seek(0)
             handle = spool
-        parquet = pq.ParquetFile(handle)
+        try:
+            parquet = pq.ParquetFile(handle)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputDataError(source.url, f"is not a readable Parquet file: {exc}") from None
         read = [*wanted, vector_column] if vector_column else wanted
         _check_columns(source, parquet.schema_arrow.names, read)
         start = 1
-        for batch in parquet.iter_batches(batch_size=READ_ROWS, columns=read, use_threads=False):
+        for batch in _parquet_batches(source, parquet, read):
             rows = np.arange(start, start + batch.num_rows, dtype=np.int64)
             start += batch.num_rows
             columns = {c: _textual(source, c, batch.column(c)) for c in wanted}
@@ -233,10 +236,21 @@ def _read_parquet(source: Source, config: InputConfig) -> Iterator[RawBatch]:
             yield _raw_batch(rows, columns, config, vectors=vectors)
 
 
+def _parquet_batches(
+    source: Source, parquet: pq.ParquetFile, columns: list[str]
+) -> Iterator[pa.RecordBatch]:
+    """The file's batches; a corrupt page is an input error naming the file, not a retry."""
+    try:
+        yield from parquet.iter_batches(batch_size=READ_ROWS, columns=columns, use_threads=False)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputDataError(source.url, f"is not a readable Parquet file: {exc}") from None
+
+
 def _csv_header(source: Source, delimiter: str) -> list[str]:
+    # One block, not `readline`: zstd streams cannot iterate lines.
     with fsspec.open(source.url, "rb", compression=source.compression) as handle:
-        line = handle.readline().decode("utf-8", errors="replace")
-    return next(csv.reader([line], delimiter=delimiter), [])
+        line = _TailedStream(handle).read(BLOCK_BYTES).split(b"\n", 1)[0]
+    return next(csv.reader([line.decode("utf-8", errors="replace")], delimiter=delimiter), [])
 
 
 def _good_rows(start: int, count: int, bad_rows: list[int]) -> NDArray[np.int64]:
@@ -246,18 +260,120 @@ def _good_rows(start: int, count: int, bad_rows: list[int]) -> NDArray[np.int64]
     return candidates[~np.isin(candidates, pending)][:count]
 
 
-def _csv_batches(source: Source, reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:
-    try:
-        yield from reader
-    except pa.ArrowInvalid as exc:
-        raise InputDataError(
-            source.url, f"cannot be parsed as {source.format.upper()}: {exc}"
-        ) from None
+# A record longer than the parser's block makes pyarrow fail ("straddling object straddles
+# two block boundaries"); the file is then read again with a block this many times larger,
+# from the start, skipping the records already delivered, up to MAX_BLOCK_BYTES. Growing on
+# demand keeps the memory of ordinary files at BLOCK_BYTES and costs a re-read only for files
+# that hold a record of several MiB (a document that ingest truncates anyway).
+BLOCK_GROWTH = 4
+MAX_BLOCK_BYTES = 1 << 30
+TAIL_BYTES = 1 << 16
+UNCLOSED_QUOTE = (
+    "a quoted field opened in this record is not closed before the end of the file, so every "
+    'later line would be read into it; close the quote (a quote inside a quoted field is "")'
+)
+
+
+class _Straddled(Exception):
+    """A record is longer than the CSV block size."""
+
+
+class _TailedStream:
+    """A binary stream as pyarrow reads it: its last `keep` bytes are kept, and a line break is
+    added at the end when the data lacks one (RFC 4180 makes the final one optional, but
+    pyarrow cannot read a header-only file without it)."""
+
+    def __init__(self, handle: Any, keep: int = TAIL_BYTES) -> None:
+        self._handle = handle
+        self._keep = keep
+        self._ended = False
+        self.tail = b""
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        if self._ended or size == 0:
+            return b""
+        # Filled to `size` where the data allows: pyarrow parses the header from one read.
+        data = self._handle.read(size)
+        while 0 < len(data) < size and (more := self._handle.read(size - len(data))):
+            data += more
+        if len(data) < size or size < 0 or not data:
+            self._ended = True
+            last = data[-1:] or self.tail[-1:]
+            data += b"\n" if last and last not in (b"\n", b"\r") else b""
+        self.tail = (data if len(data) >= self._keep else self.tail + data)[-self._keep :]
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _ends_in_open_quote(source: Source, tail: bytes, value: bytes | None) -> bool:
+    """Whether the file ends inside the quoted field that pyarrow read as `value`.
+
+    pyarrow takes a quote left open at the end of the file as a field running to the end, so
+    the last field of the last record is then exactly the rest of the file after its opening
+    quote (with `""` undone). A field that was closed, or never quoted, cannot match that.
+    """
+    if value is None:
+        return False
+    quoted = b'"' + value.replace(b'"', b'""')
+    if not tail or not tail.endswith(quoted[-len(tail) :]):
+        return False
+    if len(quoted) <= len(tail):
+        return True
+    # Longer than the kept tail: read the file again, keeping enough of its end.
+    with fsspec.open(source.url, "rb", compression=source.compression) as handle:
+        stream = _TailedStream(handle, keep=len(quoted))
+        while stream.read(BLOCK_BYTES):
+            pass
+    return stream.tail.endswith(quoted)
 
 
 def _read_csv(source: Source, config: InputConfig) -> Iterator[RawBatch]:
+    progress = [1]  # the first record not yet delivered
+    block_size = BLOCK_BYTES
+    while True:
+        try:
+            yield from _read_csv_pass(source, config, block_size, progress)
+            return
+        except _Straddled:
+            block_size *= BLOCK_GROWTH
+            if block_size > MAX_BLOCK_BYTES:
+                raise InputDataError(
+                    source.url,
+                    f"a record is longer than {MAX_BLOCK_BYTES >> 20} MiB (or a quote is never "
+                    "closed); split the document or fix the quoting",
+                    row=progress[0],
+                ) from None
+
+
+def _csv_error(source: Source, exc: pa.ArrowInvalid) -> Exception:
+    if "straddl" in str(exc):
+        return _Straddled()
+    if "Empty CSV file" in str(exc) and "block" not in str(exc):
+        return InputDataError(source.url, f"is empty: no header row, so no columns; {COLUMN_HINT}")
+    return InputDataError(source.url, f"cannot be parsed as {source.format.upper()}: {exc}")
+
+
+def _read_csv_pass(
+    source: Source, config: InputConfig, block_size: int, progress: list[int]
+) -> Iterator[RawBatch]:
+    """Read a CSV/TSV file, delivering the records from `progress[0]` on, and advancing it."""
     wanted = wanted_columns(config)
     delimiter = "\t" if source.format == "tsv" else ","
+    resume = progress[0]
+    # The physically last column is read too: an unclosed quote can only hide in it (a name
+    # that may be misread from the first line, quoted or undecodable, forgoes the check).
+    header = _csv_header(source, delimiter)
+    last_column = header[-1] if header and not {'"', "\ufffd"} & set(header[-1]) else None
+    columns = [*wanted, *([last_column] if last_column and last_column not in wanted else [])]
     bad: list[ReaderReject] = []
 
     def on_invalid(row: Any) -> str:
@@ -268,30 +384,53 @@ def _read_csv(source: Source, config: InputConfig) -> Iterator[RawBatch]:
         return "skip"
 
     with fsspec.open(source.url, "rb", compression=source.compression) as handle:
+        stream = _TailedStream(handle)
         try:
             reader = pacsv.open_csv(
-                handle,
+                stream,
                 # Single-threaded parsing keeps record numbers known to the invalid-row handler.
-                read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
+                read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False),
                 parse_options=pacsv.ParseOptions(
                     delimiter=delimiter, newlines_in_values=True, invalid_row_handler=on_invalid
                 ),
                 convert_options=pacsv.ConvertOptions(
-                    include_columns=wanted, column_types={c: pa.binary() for c in wanted}
+                    include_columns=columns, column_types={c: pa.binary() for c in columns}
                 ),
             )
         except pa.ArrowKeyError:
             _check_columns(source, _csv_header(source, delimiter), wanted)
             raise
-        next_row = 1
-        for batch in _csv_batches(source, reader):
+        except pa.ArrowInvalid as exc:
+            raise _csv_error(source, exc) from None
+        next_row, last_row, last_value = 1, 0, None
+        batches = iter(reader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except pa.ArrowInvalid as exc:
+                raise _csv_error(source, exc) from None
             # The parser reads ahead, so `bad` may already hold rows of later batches.
             bad_rows = [r.row for r in bad if r.row is not None]
             rows = _good_rows(next_row, batch.num_rows, bad_rows)
             next_row = int(rows[-1]) + 1 if len(rows) else next_row
             mine = [r for r in bad if r.row is None or r.row < next_row]
             bad[:] = [r for r in bad if r.row is not None and r.row >= next_row]
-            yield _raw_batch(rows, {c: batch.column(c) for c in wanted}, config, mine)
+            if len(rows) and last_column:
+                last_row, last_value = int(rows[-1]), batch.column(last_column)[-1].as_py()
+            # A pass after a larger block skips what an earlier pass delivered.
+            skip = int(np.searchsorted(rows, resume))
+            mine = [r for r in mine if (r.row is None and resume == 1) or (r.row or 0) >= resume]
+            if skip < len(rows) or mine:
+                batch, rows = batch.slice(skip), rows[skip:]
+                progress[0] = max(resume, next_row)
+                yield _raw_batch(rows, {c: batch.column(c) for c in wanted}, config, mine)
+        if any(r.row is not None and r.row > last_row for r in bad):
+            last_value = None  # the last record was malformed: already rejected
+        if last_row and _ends_in_open_quote(source, stream.tail, last_value):
+            raise InputDataError(source.url, UNCLOSED_QUOTE, row=last_row)
+        bad[:] = [r for r in bad if (r.row is None and resume == 1) or (r.row or 0) >= resume]
         if bad:
             empty = {c: pa.array([], pa.binary()) for c in wanted}
             yield _raw_batch(np.array([], np.int64), empty, config, bad[:])
@@ -333,6 +472,19 @@ def _float(value: float | None) -> float | None:
         return float("inf") if value > 0 else float("-inf")
 
 
+def _lone_surrogate(values: dict[str, str | None]) -> str | None:
+    """Why a record's values are not Unicode text, if one holds a JSON-escaped lone surrogate
+    (valid JSON syntax, such as "\\ud800", that no UTF-8 text can hold)."""
+    for column, value in values.items():
+        if value is None:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"column {column!r}: lone surrogate {value[exc.start]!r} escaped in the JSON"
+    return None
+
+
 def _read_jsonl(source: Source, config: InputConfig) -> Iterator[RawBatch]:
     wanted = wanted_columns(config)
     vector_column = config.embedding_column
@@ -358,6 +510,11 @@ def _read_jsonl(source: Source, config: InputConfig) -> Iterator[RawBatch]:
                 rejects.append(ReaderReject(number, "malformed_json", detail, raw))
                 continue
             keys_seen.update(record)
+            found = {c: _json_value(record.get(c)) for c in wanted}
+            if b"\\u" in line and (problem := _lone_surrogate(found)):
+                raw = line.decode("utf-8").rstrip("\r")  # the escapes are ASCII: kept as written
+                rejects.append(ReaderReject(number, "invalid_utf8", problem, raw))
+                continue
             if vector_column:
                 vector, problem = _json_vector(record.get(vector_column))
                 if problem is not None:
@@ -367,7 +524,7 @@ def _read_jsonl(source: Source, config: InputConfig) -> Iterator[RawBatch]:
                 vectors.append(vector)
             rows.append(number)
             for column in wanted:
-                values[column].append(_json_value(record.get(column)))
+                values[column].append(found[column])
             if len(rows) >= READ_ROWS:
                 yield _jsonl_batch(rows, values, rejects, config, vectors)
                 rows, values, rejects, vectors = [], {c: [] for c in wanted}, [], []

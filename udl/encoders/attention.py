@@ -18,8 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from numpy.typing import NDArray
+from sklearn.utils.extmath import randomized_svd
 
 from udl.config import EncoderConfig, PreprocessConfig
 from udl.encoders.base import DocumentBatch, to_device
@@ -27,7 +29,7 @@ from udl.encoders.estimator import Prepared, TorchEncoder, feature_positions
 from udl.encoders.modules import N_SPECIAL, PAD_ID, AttentionAutoencoder
 from udl.features import hash_tokens, tokenize
 
-__all__ = ["AttentionEncoder", "TokenIds"]
+__all__ = ["AttentionEncoder", "TokenIds", "token_statistics"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,46 @@ class TokenIds:
     @property
     def lengths(self) -> NDArray[np.int64]:
         return np.diff(self.offsets)
+
+
+def token_statistics(
+    tokens: TokenIds, vocab_size: int, dim: int, seed: int
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """LSA word vectors and idf of the vocabulary, from tokenised documents.
+
+    The documents' sublinear TF-IDF (1 + log tf) x idf, idf = 1 + log((1 + n) / (1 + df)),
+    rows L2-normalised, is factorised by randomised truncated SVD, X ~ U S V^T (Deerwester et
+    al., "Indexing by Latent Semantic Analysis", 1990; Halko et al. 2011); word j's vector is
+    row j of V S, rescaled so the mean squared norm is 1 (the scale of the random init).
+
+    Args:
+        tokens: token ids of n documents (values N_SPECIAL + word index).
+        vocab_size: number of words.
+        dim: vector width; columns beyond the rank the sample supports stay 0.
+        seed: seeds the randomised SVD.
+
+    Returns:
+        vectors: float32 (vocab_size, dim), zero for words absent from the documents.
+        idf: float32 (vocab_size,), 0 for absent words.
+    """
+    n = len(tokens.lengths)
+    doc = np.repeat(np.arange(n), tokens.lengths)
+    counts = sp.csr_matrix(
+        (np.ones(len(doc), np.float32), (doc, tokens.ids - N_SPECIAL)), shape=(n, vocab_size)
+    )
+    counts.sum_duplicates()
+    df = np.bincount(counts.indices, minlength=vocab_size)
+    idf = np.where(df > 0, 1.0 + np.log((1.0 + n) / (1.0 + df)), 0.0).astype(np.float32)
+    counts.data = (1.0 + np.log(counts.data)) * idf[counts.indices]
+    norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
+    x = sp.diags(1.0 / np.maximum(norms, 1e-12)) @ counts
+    vectors = np.zeros((vocab_size, dim), dtype=np.float32)
+    rank = min(dim, min(x.shape) - 1)
+    if rank >= 1:
+        _, s, vt = randomized_svd(x, rank, random_state=seed)
+        vectors[:, :rank] = vt.T * s
+        vectors /= np.sqrt(max(float((vectors**2).sum(axis=1)[df > 0].mean()), 1e-12))
+    return vectors, idf
 
 
 class AttentionEncoder(TorchEncoder):
@@ -101,6 +143,22 @@ class AttentionEncoder(TorchEncoder):
         kept_counts = np.bincount(doc[keep], minlength=len(texts))
         offsets = np.concatenate([[0], np.cumsum(kept_counts)]).astype(np.int64)
         return TokenIds(ids[keep], offsets)
+
+    def _initialise(self, train_set: Prepared) -> None:
+        """LSA token embeddings and idf salience from the training documents' tokens."""
+        vectors, idf = token_statistics(
+            train_set.inputs, len(self.input_features), self.config.attention.model_dim, self.seed
+        )
+        seen = idf > 0
+        rows = torch.from_numpy(np.flatnonzero(seen) + N_SPECIAL).to(self.device)
+        with torch.no_grad():
+            self.model.token_embedding.weight[rows] = torch.from_numpy(vectors[seen]).to(
+                self.device
+            )
+            # Softmax of log(idf) weighs words by idf: pooling starts as an idf-weighted mean.
+            self.model.token_salience.weight[rows, 0] = torch.from_numpy(np.log(idf[seen])).to(
+                self.device
+            )
 
     def _prepare_inputs(self, docs: DocumentBatch) -> TokenIds:
         return self.tokenize(docs.texts)

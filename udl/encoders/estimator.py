@@ -115,6 +115,9 @@ class TorchEncoder(ABC):
         self.device = resolve_device(config.device)
         seed_everything(seed)
         self.model = self._build_model().to(self.device)
+        # True until the weights have been trained or loaded: only then does `fit` start
+        # from the data-dependent initialisation (a warm start keeps its weights).
+        self._fresh = True
         self.training_: TrainingResult | None = None
         self.cluster_centers_: NDArray[np.float32] | None = None
 
@@ -131,6 +134,10 @@ class TorchEncoder(ABC):
         self, inputs: Any, rows: NDArray[np.int64], noise: float, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, ...]:
         """Module inputs for `rows`, on the device; drops a `noise` share of the input."""
+
+    def _initialise(self, train_set: Prepared) -> None:
+        """Data-dependent initialisation before the first `fit` (default: none)."""
+        del train_set
 
     @property
     def n_parameters(self) -> int:
@@ -167,6 +174,9 @@ class TorchEncoder(ABC):
         generator = seed_everything(self.seed)
         cfg = self.config
         train_set, valid_set = self.prepare(train_docs), self.prepare(valid_docs)
+        if self._fresh:
+            self._initialise(train_set)
+            self._fresh = False
         self.training_ = train(
             self.model,
             lambda rows: self.encode_rows(train_set, rows, cfg.noise, generator)[1],
@@ -288,5 +298,6 @@ class TorchEncoder(ABC):
         centers = state.pop("cluster_centers", None)
         encoder = cls(config, preprocess, inputs, target, payload["seed"])
         encoder.model.load_state_dict(state)
+        encoder._fresh = False
         encoder.cluster_centers_ = None if centers is None else centers.numpy()
         return encoder

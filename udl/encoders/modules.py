@@ -145,15 +145,23 @@ class AttentionPooling(_Configurable):
         self.score = nn.Linear(hidden_dim, 1, bias=False)
 
     def forward(
-        self, tokens: torch.Tensor, mask: torch.Tensor
+        self, tokens: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool tokens (b, L, model_dim) under mask (b, L) bool.
+
+        Args:
+            tokens: (b, L, model_dim) token states.
+            mask: (b, L) bool, True on real tokens.
+            bias: optional (b, L) prior added to the scores (log-weights), e.g. a learned
+                per-word salience.
 
         Returns:
             pooled (b, model_dim) and weights (b, L): exactly 0 on padding, summing to 1 over
             real tokens; a row without real tokens pools to zeros.
         """
         scores = self.score(torch.tanh(self.project(tokens))).squeeze(-1).float()
+        if bias is not None:
+            scores = scores + bias.float()
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, dim=1) * mask
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
@@ -205,6 +213,9 @@ class AttentionAutoencoder(_Configurable):
         self.n_heads, self.feedforward_dim, self.dropout = n_heads, feedforward_dim, dropout
         self.hidden_dim, self.dim, self.n_targets = hidden_dim, dim, n_targets
         self.token_embedding = nn.Embedding(vocab_size + N_SPECIAL, model_dim, padding_idx=PAD_ID)
+        # Per-word prior on the pooling scores (a log-weight), so word importance need not be
+        # relearned from context; zero (uniform) until the encoder initialises it from idf.
+        self.token_salience = nn.Embedding(vocab_size + N_SPECIAL, 1)
         self.position_embedding = nn.Embedding(max_tokens, model_dim)
         self.blocks = nn.ModuleList(
             SelfAttentionBlock(model_dim, n_heads, feedforward_dim, dropout)
@@ -216,6 +227,7 @@ class AttentionAutoencoder(_Configurable):
         self.decoder = _decoder(dim, hidden_dim, n_targets)
         nn.init.normal_(self.token_embedding.weight, std=model_dim**-0.5)
         nn.init.normal_(self.position_embedding.weight, std=0.02)
+        nn.init.zeros_(self.token_salience.weight)
         with torch.no_grad():
             self.token_embedding.weight[PAD_ID].zero_()
 
@@ -241,5 +253,7 @@ class AttentionAutoencoder(_Configurable):
     def encode(self, token_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Codes (b, dim): attention-pooled token states, projected."""
         states, mask = self.token_states(token_ids, attention_mask)
-        pooled, _ = self.pooling(states, mask)
+        doc = torch.full_like(token_ids[:, :1], DOC_ID)
+        salience = self.token_salience(torch.cat([doc, token_ids], dim=1)).squeeze(-1)
+        pooled, _ = self.pooling(states, mask, salience)
         return self.project(pooled)

