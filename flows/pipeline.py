@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from tasks._common import for_run
 from tasks.steps import cluster_task, embed_task, ingest_task, preprocess_task, report_task
 from udl.cluster.assign import CENTROIDS_FILE
-from udl.config import PipelineConfig, ReportConfig, RuntimeConfig
+from udl.config import LATEST_RUN, PipelineConfig, ReportConfig, RuntimeConfig
 from udl.errors import ConfigError
 from udl.fingerprint import source_fingerprint, step_key
 from udl.lineage import (
@@ -49,16 +49,16 @@ def _existing_run(output_dir: str, run_id: str) -> RunLayout:
     The id is checked like `RuntimeConfig.run_id`, so it names a folder inside
     ``<output_dir>/runs`` (no ``..``, no absolute path).
     """
+    output = Path(output_dir).expanduser().resolve()
+    if run_id == LATEST_RUN:
+        latest = output / LATEST_RUN
+        if not latest.exists():
+            raise ConfigError(f"no completed run in {output} (no 'latest' link)")
+        run_id = latest.resolve().name
     try:
         RuntimeConfig(run_id=run_id)
     except ValidationError as exc:
         raise ConfigError.from_validation_error(exc, "RuntimeConfig") from None
-    output = Path(output_dir).expanduser().resolve()
-    if run_id == "latest":
-        latest = output / "latest"
-        if not latest.exists():
-            raise ConfigError(f"no completed run in {output} (no 'latest' link)")
-        run_id = latest.resolve().name
     layout = RunLayout(output, run_id)
     if not layout.manifest.exists():
         raise ConfigError(f"no run {run_id!r} in {output / 'runs'}")

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import re
 import string
 import tempfile
@@ -38,6 +37,7 @@ from udl.corpus import IngestResult, ingest
 from udl.embed import load_encoder
 from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE
 from udl.errors import ConfigError, InputDataError
+from udl.lineage import resolve_warm_start
 from udl.parallel import dask_client
 from udl.storage import RunLayout, dataset_parts
 
@@ -447,6 +447,7 @@ HOSTILE_CONFIGS = [
     ({"runtime": {"run_id": "a/b"}}, "'runtime.run_id' parameter"),
     ({"runtime": {"run_id": "a\\b"}}, "'runtime.run_id' parameter"),
     ({"runtime": {"run_id": "x\n"}}, "'runtime.run_id' parameter"),
+    ({"runtime": {"run_id": "latest"}}, "'latest' is reserved for the newest completed run"),
     (
         {"cluster": {"kk": 3}},
         "'cluster.kk' parameter of PipelineConfig: Extra inputs are not permitted",
@@ -674,12 +675,26 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused_without_running_it(
     )
     marker = tmp_path / "code-ran"
     torch.save({"weight": _Payload(marker)}, folder / WEIGHTS_FILE)
-    with pytest.raises(pickle.UnpicklingError, match=r"(?i)weights.only load failed"):
+    # Refused as a configuration problem (so never retried), with torch's reason.
+    with pytest.raises(ConfigError, match=r"(?s)cannot be loaded \(UnpicklingError.*weights.only"):
         load_encoder(folder)
     assert not marker.exists()
     # The control: an unrestricted load of the same file does run the payload.
     torch.load(folder / WEIGHTS_FILE, weights_only=False)
     assert marker.is_dir()
+
+
+@pytest.mark.parametrize("contents", [[], [CONFIG_FILE], [WEIGHTS_FILE]])
+def test_a_warm_start_folder_without_a_checkpoint_fails_before_any_step(
+    tmp_path: Path, contents: list[str]
+) -> None:
+    folder = tmp_path / "encoder"
+    folder.mkdir()
+    for name in contents:
+        (folder / name).write_text("{}")
+    config = parse_config({"encoder": {"warm_start": str(folder)}})
+    with pytest.raises(ConfigError, match=r"encoder\.warm_start .* is not an encoder checkpoint"):
+        resolve_warm_start(config, None)
 
 
 @settings(max_examples=50, deadline=None, derandomize=True)

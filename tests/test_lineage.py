@@ -21,6 +21,7 @@ def _completed_run(output: Path, run_id: str, encoder_kind: str = "autoencoder")
     write_json_atomic(layout.steps / "embed.json", {"space": f"trained:{run_id}"})
     write_json_atomic(layout.steps / "cluster.json", {"rows": 1})
     write_json_atomic(layout.models / "encoder" / "config.json", {"kind": encoder_kind})
+    (layout.models / "encoder" / "weights.pt").write_bytes(b"")
     return layout
 
 
@@ -53,7 +54,9 @@ def test_warm_start_previous_resolves_to_a_compatible_checkpoint(tmp_path: Path)
     assert resolve_warm_start(config, None).encoder.warm_start is None
     other_kind = _completed_run(tmp_path, "b", encoder_kind="attention")
     assert resolve_warm_start(config, other_kind).encoder.warm_start is None
-    explicit = PipelineConfig().with_overrides({"encoder.warm_start": "/ckpt"})
+    explicit = PipelineConfig().with_overrides(
+        {"encoder.warm_start": str(other_kind.models / "encoder")}
+    )
     assert resolve_warm_start(explicit, previous) == explicit
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from udl.errors import ConfigError
 
 __all__ = [
+    "LATEST_RUN",
     "AttentionConfig",
     "ClusterConfig",
     "DECConfig",
@@ -364,6 +365,9 @@ class ReportConfig(_Frozen):
     )
 
 
+LATEST_RUN = "latest"
+
+
 class RuntimeConfig(_Frozen):
     """Where outputs go, seeding, and the Dask cluster."""
 
@@ -387,6 +391,14 @@ class RuntimeConfig(_Frozen):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("run_id")
+    @classmethod
+    def _not_reserved(cls, value: str | None) -> str | None:
+        # Commands that take a run id read "latest" as the newest completed run.
+        if value == LATEST_RUN:
+            raise ValueError(f"{LATEST_RUN!r} is reserved for the newest completed run")
+        return value
 
 
 class PipelineConfig(_Frozen):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from udl.config import PipelineConfig
 from udl.embed import ENCODER_DIR
-from udl.encoders.estimator import CONFIG_FILE
+from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE
+from udl.errors import ConfigError
 from udl.storage import RunLayout, read_json
 
 __all__ = [
@@ -57,7 +58,16 @@ def pin_previous_run(layout: RunLayout) -> RunLayout | None:
 def resolve_warm_start(config: PipelineConfig, previous: RunLayout | None) -> PipelineConfig:
     """Replace ``encoder.warm_start: previous`` by the previous run's checkpoint folder, or by
     nothing (train from scratch) when there is no previous run or its encoder differs in kind."""
+    if config.encoder.warm_start is None:
+        return config
     if config.encoder.warm_start != WARM_START_PREVIOUS:
+        # An explicit checkpoint is checked now, before any work, not when embedding starts.
+        given = Path(config.encoder.warm_start)
+        if not (given / CONFIG_FILE).is_file() or not (given / WEIGHTS_FILE).is_file():
+            raise ConfigError(
+                f"encoder.warm_start {given} is not an encoder checkpoint (it needs "
+                f"{CONFIG_FILE} and {WEIGHTS_FILE}; udl writes them to runs/<id>/models/encoder)"
+            )
         return config
     checkpoint = previous.models / ENCODER_DIR if previous is not None else None
     reason = None

@@ -9,6 +9,7 @@ behaves the same way towards `udl.embed` and DEC.
 from __future__ import annotations
 
 import json
+import pickle
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,17 +288,31 @@ class TorchEncoder(ABC):
             folder: checkpoint folder.
             device: overrides the saved device setting ('auto', 'cpu' or 'cuda').
         """
-        payload = json.loads((folder / CONFIG_FILE).read_text())
-        config = EncoderConfig.model_validate(payload["encoder"])
-        if device:
-            config = config.model_copy(update={"device": device})
-        preprocess = PreprocessConfig.model_validate(payload["preprocess"])
-        state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        inputs = state.pop("input_features").numpy()
-        target = state.pop("target_features").numpy()
-        centers = state.pop("cluster_centers", None)
-        encoder = cls(config, preprocess, inputs, target, payload["seed"])
-        encoder.model.load_state_dict(state)
+        # A missing, corrupt or foreign checkpoint is a configuration problem: never retried.
+        try:
+            payload = json.loads((folder / CONFIG_FILE).read_text())
+            config = EncoderConfig.model_validate(payload["encoder"])
+            if device:
+                config = config.model_copy(update={"device": device})
+            preprocess = PreprocessConfig.model_validate(payload["preprocess"])
+            state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+            inputs = state.pop("input_features").numpy()
+            target = state.pop("target_features").numpy()
+            centers = state.pop("cluster_centers", None)
+            encoder = cls(config, preprocess, inputs, target, payload["seed"])
+            encoder.model.load_state_dict(state)
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            RuntimeError,
+            AttributeError,
+            pickle.UnpicklingError,
+        ) as exc:
+            raise ConfigError(
+                f"encoder checkpoint {folder} cannot be loaded ({type(exc).__name__}: {exc}); "
+                "give a folder written by udl (runs/<id>/models/encoder) or train from scratch"
+            ) from None
         encoder._fresh = False
         encoder.cluster_centers_ = None if centers is None else centers.numpy()
         return encoder

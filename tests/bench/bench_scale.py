@@ -1,0 +1,223 @@
+"""Full-pipeline scale benchmark (issue 8): time and peak memory of each step and process.
+
+For each size N, the whole product runs as a user runs it: `udl run` (the Prefect flow on the
+ephemeral API, a Dask LocalCluster of 2 workers with one thread each) in a child process, on
+N documents built from the shared corpora (`bench_preprocess.build_input`: Parquet files of
+250,000 rows, each document distinct). The defaults are kept (autoencoder trained on a capped
+sample, streamed inference, spherical k-means on a sample with streamed assignment, report),
+except k, fixed at 100 so the cluster step does the same work at every N.
+
+A sampler polls the child's process tree every 0.2 s (psutil): each process's RSS is charged
+to the step then running, read from the run's `steps/<step>.json` records (a step runs from
+the previous record's appearance to its own). Processes are grouped as `flow` (the `udl run`
+process: Prefect, the Dask scheduler and nannies, the steps' client code), `worker` (Dask
+worker processes; the largest single worker is reported) and `other`. Each process's
+lifetime peak is also read exactly from the kernel (`VmHWM`), so a spike between samples is
+not missed there. Step times come from the run's manifest.
+
+    .venv/bin/python tests/bench/bench_scale.py                        # 100k and 1M
+    .venv/bin/python tests/bench/bench_scale.py --sizes 100000 1000000 5000000
+    .venv/bin/python tests/bench/bench_scale.py --quick                # 20k: a smoke run
+
+Prints a table and writes `.bench/scale.json`. What to look for: seconds per step grow about
+linearly in N (the `s/100k` column stays level), and the flow process's peak stays flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_preprocess import build_input
+
+REPO = Path(__file__).resolve().parents[2]
+WORKDIR = REPO / ".bench" / "scale"
+RESULT = REPO / ".bench" / "scale.json"
+STEPS = ["ingest", "preprocess", "embed", "cluster", "report"]
+SAMPLE_SECONDS = 0.2
+K = 100
+
+
+def _config(folder: Path, output: Path) -> dict:
+    return {
+        "input": {
+            "path": str(folder),
+            "format": "parquet",
+            "text_column": "text",
+            "id_column": "doc_id",
+            "label_column": "label",
+        },
+        "cluster": {"algorithm": "kmeans", "k": K},
+        "runtime": {"output_dir": str(output), "seed": 0, "dask_workers": 2},
+    }
+
+
+def _role(process: psutil.Process, root: int) -> str:
+    if process.pid == root:
+        return "flow"
+    try:
+        cmdline = " ".join(process.cmdline())
+    except psutil.Error:
+        return "other"
+    # LocalCluster's nannies start each worker as a multiprocessing spawn child; Prefect's
+    # ephemeral API runs as a server subprocess.
+    if "spawn_main" in cmdline:
+        return "worker"
+    return "prefect-api" if "prefect" in cmdline and "server" in cmdline else "other"
+
+
+def _hwm_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class Sampler(threading.Thread):
+    """Peak RSS per (step, role) of a process tree, and each process's lifetime peak."""
+
+    def __init__(self, root: int, output: Path) -> None:
+        super().__init__(daemon=True)
+        self.root, self.output = psutil.Process(root), output
+        self.stop = threading.Event()
+        self.step_peaks: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.lifetime: dict[int, tuple[str, float]] = {}
+
+    def _current_step(self) -> str:
+        runs = list((self.output / "runs").glob("*/steps"))
+        if not runs:
+            return "startup"
+        done = {p.stem for p in runs[0].glob("*.json")}
+        return next((s for s in STEPS if s not in done), "finish")
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            step = self._current_step()
+            try:
+                tree = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                break
+            totals: dict[str, float] = defaultdict(float)
+            for process in tree:
+                try:
+                    rss = process.memory_info().rss / 2**20
+                except psutil.Error:
+                    continue
+                role = _role(process, self.root.pid)
+                peaks = self.step_peaks[step]
+                peaks[role] = max(peaks[role], rss)
+                totals[role] += rss
+                hwm = _hwm_mib(process.pid)
+                if hwm is not None:
+                    self.lifetime[process.pid] = (role, hwm)
+            peaks = self.step_peaks[step]
+            peaks["all"] = max(peaks["all"], sum(totals.values()))
+            self.stop.wait(SAMPLE_SECONDS)
+
+
+def run_size(n_docs: int) -> dict:
+    folder = build_input(n_docs)
+    output = WORKDIR / "out" / str(n_docs)
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
+    config = output.parent / f"config-{n_docs}.json"  # JSON is YAML
+    config.write_text(json.dumps(_config(folder, output)))
+    command = [
+        str(Path(sys.executable).parent / "udl"),
+        "run",
+        str(folder),
+        "--config",
+        str(config),
+    ]
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    log = output.parent / f"run-{n_docs}.log"
+    started = time.perf_counter()
+    with log.open("w") as sink:
+        child = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        sampler = Sampler(child.pid, output)
+        sampler.start()
+        code = child.wait()
+        sampler.stop.set()
+        sampler.join()
+    wall = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"udl run on {n_docs} docs failed ({code}); see {log}")
+    manifest = json.loads(next((output / "runs").glob("*/manifest.json")).read_text())
+    lifetime: dict[str, float] = defaultdict(float)
+    for role, hwm in sampler.lifetime.values():
+        lifetime[role] = max(lifetime[role], hwm)
+    return {
+        "docs": n_docs,
+        "wall_seconds": wall,
+        "rows": manifest["rows"],
+        "step_seconds": {s: manifest["steps"][s]["seconds"] for s in STEPS},
+        "step_peak_mib": {s: dict(p) for s, p in sampler.step_peaks.items()},
+        "lifetime_peak_mib": dict(lifetime),
+        "n_processes": len(sampler.lifetime),
+    }
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [
+        (
+            f"{'docs':>9} {'step':<11} {'seconds':>8} {'s/100k':>7} "
+            f"{'flow MiB':>9} {'worker MiB':>10} {'all MiB':>8}"
+        )
+    ]
+    for row in rows:
+        scale = row["docs"] / 100_000
+        for step in ["startup", *STEPS]:
+            peaks = row["step_peak_mib"].get(step, {})
+            seconds = row["step_seconds"].get(step)
+            shown = f"{seconds:8.1f} {seconds / scale:7.1f}" if seconds is not None else " " * 16
+            lines.append(
+                f"{row['docs']:>9,} {step:<11} {shown} {peaks.get('flow', 0):9.0f} "
+                f"{peaks.get('worker', 0):10.0f} {peaks.get('all', 0):8.0f}"
+            )
+        life = row["lifetime_peak_mib"]
+        lines.append(
+            f"{row['docs']:>9,} {'whole run':<11} {row['wall_seconds']:8.1f} "
+            f"{row['wall_seconds'] / scale:7.1f} {life.get('flow', 0):9.0f} "
+            f"{life.get('worker', 0):10.0f} {'(VmHWM)':>8}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000])
+    parser.add_argument("--quick", action="store_true", help="one run of 20,000 documents")
+    args = parser.parse_args()
+    sizes = [20_000] if args.quick else args.sizes
+    rows = []
+    for n_docs in sizes:
+        rows.append(run_size(n_docs))
+        print(_table(rows[-1:]), flush=True)
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(
+        json.dumps(
+            {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "runs": rows},
+            indent=1,
+        )
+    )
+    print(_table(rows))
+    print(f"written to {RESULT}")
+
+
+if __name__ == "__main__":
+    main()
