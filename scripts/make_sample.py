@@ -1,7 +1,10 @@
-"""Build the bundled demo corpus `data/sample/` from `../shared/data/wordnet_glosses`.
+"""Build the bundled corpora from `../shared/data`: ``python scripts/make_sample.py``.
 
-Ten lexicographer classes with clearly different topics, 400 glosses each, drawn with a
-fixed seed so the sample is reproducible: ``python scripts/make_sample.py``.
+- `data/sample/wordnet_sample.parquet`, the demo corpus: ten lexicographer classes with clearly
+  different topics, 400 glosses each, drawn with a fixed seed.
+- `tests/data/fortunes_sample.parquet`: every 10th fortune (1,500), real multi-line text with
+  tabs, quotes and commas for the reader and tokenizer tests, so a clean clone needs no
+  `../shared`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ CLASSES = [
     "verb.communication",
 ]
 PER_CLASS = 400
+FORTUNE_STRIDE = 10
+FORTUNE_ROWS = 1500
 
 
 def main() -> None:
@@ -33,6 +38,8 @@ def main() -> None:
         "--source", default="../shared/data/wordnet_glosses/wordnet_glosses.parquet"
     )
     parser.add_argument("--out", default="data/sample/wordnet_sample.parquet")
+    parser.add_argument("--fortunes", default="../shared/data/fortunes/fortunes.parquet")
+    parser.add_argument("--fortunes-out", default="tests/data/fortunes_sample.parquet")
     args = parser.parse_args()
     frame = pq.read_table(args.source).to_pandas()
     frame = frame[frame["label"].isin(CLASSES)]
@@ -44,6 +51,11 @@ def main() -> None:
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(sample, preserve_index=False), args.out, compression="zstd")
+
+    fortunes = pq.read_table(args.fortunes)
+    rows = list(range(0, fortunes.num_rows, FORTUNE_STRIDE))[:FORTUNE_ROWS]
+    Path(args.fortunes_out).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(fortunes.take(rows), args.fortunes_out, compression="zstd")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from udl.corpus import ingest
 from udl.errors import InputDataError
 from udl.storage import dataset_parts
 
-FORTUNES = Path(__file__).resolve().parents[2] / "shared" / "data" / "fortunes" / "fortunes.parquet"
+FORTUNES = Path(__file__).resolve().parent / "data" / "fortunes_sample.parquet"
 COMPRESS = {
     "": lambda b: b,
     ".gz": lambda b: gzip.compress(b, mtime=0),

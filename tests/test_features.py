@@ -37,15 +37,15 @@ from udl.features import (
 from udl.parallel import dask_client
 from udl.storage import dataset_parts
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data" / "sample" / "wordnet_sample.parquet"
+FORTUNES = Path(__file__).resolve().parent / "data" / "fortunes_sample.parquet"
 
 
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
     """1,500 glosses and 1,500 fortunes (real text: punctuation, digits, accents, tabs)."""
-    glosses = pq.read_table(SHARED / "wordnet_glosses" / "wordnet_glosses.parquet")
-    fortunes = pq.read_table(SHARED / "fortunes" / "fortunes.parquet")
-    return glosses["text"].to_pylist()[::78][:1500] + fortunes["text"].to_pylist()[::10][:1500]
+    glosses = pq.read_table(DATA)["text"].to_pylist()
+    return glosses[::2][:1500] + pq.read_table(FORTUNES)["text"].to_pylist()
 
 
 @pytest.fixture(scope="module")
