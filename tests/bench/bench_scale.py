@@ -50,7 +50,7 @@ SAMPLE_SECONDS = 0.2
 K = 100
 
 
-def _config(folder: Path, output: Path) -> dict:
+def _config(folder: Path) -> dict:
     return {
         "input": {
             "path": str(folder),
@@ -60,7 +60,7 @@ def _config(folder: Path, output: Path) -> dict:
             "label_column": "label",
         },
         "cluster": {"algorithm": "kmeans", "k": K},
-        "runtime": {"output_dir": str(output), "seed": 0, "dask_workers": 2},
+        "runtime": {"seed": 0, "dask_workers": 2},
     }
 
 
@@ -99,10 +99,10 @@ class Sampler(threading.Thread):
         self.lifetime: dict[int, tuple[str, float]] = {}
 
     def _current_step(self) -> str:
-        runs = list((self.output / "runs").glob("*/steps"))
+        runs = list((self.output / "runs").glob("*"))
         if not runs:
             return "startup"
-        done = {p.stem for p in runs[0].glob("*.json")}
+        done = {p.stem for p in (runs[0] / "steps").glob("*.json")}
         return next((s for s in STEPS if s not in done), "finish")
 
     def run(self) -> None:
@@ -136,11 +136,13 @@ def run_size(n_docs: int) -> dict:
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
     config = output.parent / f"config-{n_docs}.json"  # JSON is YAML
-    config.write_text(json.dumps(_config(folder, output)))
+    config.write_text(json.dumps(_config(folder)))
     command = [
         str(Path(sys.executable).parent / "udl"),
         "run",
         str(folder),
+        "--output",
+        str(output),
         "--config",
         str(config),
     ]
@@ -215,7 +217,8 @@ def main() -> None:
             indent=1,
         )
     )
-    print(_table(rows))
+    if len(rows) > 1:
+        print(_table(rows))
     print(f"written to {RESULT}")
 
 
