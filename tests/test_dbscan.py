@@ -11,7 +11,7 @@ from sklearn.cluster import DBSCAN
 from sklearn.datasets import make_blobs, make_moons
 from sklearn.metrics import adjusted_rand_score, pairwise_distances
 
-from udl.cluster.dbscan import _CoreGraph, dbscan
+from udl.cluster.dbscan import _UnionFind, dbscan
 from udl.cluster.selection import estimate_eps
 from udl.errors import ConfigError
 
@@ -140,17 +140,38 @@ def test_nprobe_marks_result_approximate_and_full_probe_is_exact() -> None:
     assert approx.core_mask.sum() <= exact.core_mask.sum()
 
 
-def test_core_graph_compaction_keeps_components() -> None:
-    rng = np.random.default_rng(0)
+def _add_in_batches(sets: _UnionFind, n: int, batch: int, edges: np.ndarray) -> None:
+    """Feed edges (later point, earlier-or-same point) batch by batch, as DBSCAN's scan does."""
+    for start in range(0, n, batch):
+        ids = np.arange(start, min(start + batch, n))
+        mine = edges[(edges[:, 0] >= start) & (edges[:, 0] < ids[-1] + 1)]
+        mine = mine[np.argsort(mine[:, 0], kind="stable")]
+        in_batch = np.where(mine[:, 1] >= start, mine[:, 1] - start, -1)
+        sets.add_batch(ids, mine[:, 0] - start, mine[:, 1], in_batch)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 200])
+def test_union_find_matches_connected_components(batch: int) -> None:
+    rng = np.random.default_rng(batch)
     n = 200
-    rows, cols = rng.integers(0, n, 150), rng.integers(0, n, 150)
-    graph = _CoreGraph(n, max_edges=10)
-    for start in range(0, 150, 7):
-        graph.add(rows[start : start + 7], cols[start : start + 7])
+    a, b = rng.integers(0, n, 150), rng.integers(0, n, 150)
+    a, b = a[a != b], b[a != b]
+    edges = np.column_stack([np.maximum(a, b), np.minimum(a, b)])
+    sets = _UnionFind(n)
+    _add_in_batches(sets, n, batch, edges)
     expected = connected_components(
-        coo_matrix((np.ones(150), (rows, cols)), shape=(n, n)), directed=False
+        coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False
     )[1]
-    assert adjusted_rand_score(expected, graph.components()) == 1.0
+    assert adjusted_rand_score(expected, sets.roots()) == 1.0
+
+
+def test_union_find_long_chain_ends_in_one_set() -> None:
+    # A path 0-1-...-999 met one point at a time, and points that repeat a root many times.
+    n = 1000
+    sets = _UnionFind(n)
+    chain = np.column_stack([np.arange(1, n), np.arange(n - 1)])
+    _add_in_batches(sets, n, 1, chain)
+    np.testing.assert_array_equal(sets.roots(), np.zeros(n))
 
 
 def test_dbscan_is_deterministic_and_leaves_input_alone() -> None:

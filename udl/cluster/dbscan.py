@@ -13,8 +13,8 @@ sklearn takes whichever cluster reaches it first.
 Neighbours come from :mod:`udl.cluster.neighbours`: a flat index up to ``flat_max`` points,
 above that a search pruned by k-means cells that is still exact (see there), or approximate
 when ``nprobe`` caps the cells searched. Queries run in batches; memory holds the data, one
-batch of neighbourhoods, the core-core edges (compacted to a spanning forest whenever they
-exceed ``_MAX_EDGES``) and each border point's nearest core, never an n x n matrix.
+batch of neighbourhoods, a union-find over the points (merged batch by batch with the
+core-core edges found) and each border point's nearest core, never an n x n matrix.
 
 FAISS computes distances in float32; pairs whose distance lies within a bound on that rounding
 error of ``eps`` are decided again in float64 from the caller's data, so the result is exact.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.sparse import coo_matrix
+from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from udl.cluster._checks import check_metric, check_positive_float, check_positive_int, check_x
@@ -45,8 +45,6 @@ logger = logging.getLogger(__name__)
 
 # Float64 values gathered at once when distances are recomputed exactly (32 MiB per operand).
 _EXACT_CHUNK_VALUES = 1 << 22
-# Core-core edges buffered before they are collapsed to a spanning forest (128 MiB as int32).
-_MAX_EDGES = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -123,9 +121,9 @@ def dbscan(
         searcher = FlatSearcher(xs, metric, batch_size)
     else:
         searcher = CellSearcher(xs, metric, batch_size, check.eps_l2(xs), nprobe, seed)
-    core, graph, nearest = _scan(searcher, check, n, min_samples)
+    core, sets, nearest = _scan(searcher, check, n, min_samples)
 
-    component = graph.components()
+    component = sets.roots()
     provisional = np.where(core, component, -1)
     border = ~core & (nearest.core >= 0)
     provisional[border] = component[nearest.core[border]]
@@ -144,34 +142,39 @@ def dbscan(
 
 def _scan(
     searcher: NeighbourSearcher, check: _PairCheck, n: int, min_samples: int
-) -> tuple[NDArray[np.bool_], _CoreGraph, _NearestCore]:
-    """One pass over the searcher's batches: core flags, core-core edges, borders' cores."""
+) -> tuple[NDArray[np.bool_], _UnionFind, _NearestCore]:
+    """One pass over the searcher's batches: core flags, clusters of cores, borders' cores."""
     core = np.zeros(n, dtype=np.bool_)
     # Position of each point in query order; n = not queried yet.
     position = np.full(n, n, dtype=np.int64)
-    graph, nearest = _CoreGraph(n), _NearestCore(n)
+    sets, nearest = _UnionFind(n), _NearestCore(n)
     seen = 0
     for ids in searcher.batches():
         position[ids] = np.arange(seen, seen + ids.size)
-        rows, cols, raw = searcher.search(ids, check.faiss_radius)
-        # Count the point itself explicitly: rounding must not be able to drop it.
-        keep = check.within(rows, cols, raw) & (rows != cols)
-        rows, cols = rows[keep], cols[keep]
-        counts = np.bincount(position[rows] - seen, minlength=ids.size) + 1
-        core[ids] = counts >= min_samples
-        seen += ids.size
+        lims, cols, raw = searcher.search(ids, check.faiss_radius)
+        # Each query's own pair is always within (distance 0, recomputed exactly when
+        # rounding puts it near eps), so it is counted here and dropped by `later` below.
+        kept = np.flatnonzero(check.within(lims, ids, cols, raw))
+        counts = np.diff(np.searchsorted(kept, lims))
+        batch_core = counts >= min_samples
+        core[ids] = batch_core
+        cols = cols[kept]
+        query = np.repeat(np.arange(ids.size), counts)
+        # Position relative to this batch: < 0 an earlier batch, < ids.size this one.
+        offset = position[cols] - seen
         # Each unordered pair is kept once, when the later of its points is queried: by
         # then both points have their core status.
-        later = position[cols] < position[rows]
-        rows, cols = rows[later], cols[later]
-        row_core, col_core = core[rows], core[cols]
-        both = row_core & col_core
-        graph.add(rows[both], cols[both])
-        mixed = row_core != col_core
-        border = np.where(row_core, cols, rows)[mixed]
-        near_core = np.where(row_core, rows, cols)[mixed]
+        later = offset < query
+        query, cols, offset = query[later], cols[later], offset[later]
+        row_core, col_core = batch_core[query], core[cols]
+        both = np.flatnonzero(row_core & col_core)
+        sets.add_batch(ids, query[both], cols[both], np.maximum(offset[both], -1))
+        seen += ids.size
+        mixed = np.flatnonzero(row_core != col_core)
+        rows, cols, row_core = ids[query[mixed]], cols[mixed], row_core[mixed]
+        border, near_core = np.where(row_core, cols, rows), np.where(row_core, rows, cols)
         nearest.offer(border, near_core, check.distances(border, near_core))
-    return core, graph, nearest
+    return core, sets, nearest
 
 
 class _PairCheck:
@@ -180,7 +183,8 @@ class _PairCheck:
     FAISS forms ``|a|^2 + |b|^2 - 2 a.b`` (or ``a.b``) in float32; the error is at most about
     ``d`` unit roundoffs of ``|a|^2 + |b|^2``, and the float32 copy adds a few more. Twice that
     bound is used, so the error on pair (i, j) is below ``slack[i] + slack[j]``; pairs inside
-    that band are recomputed in float64 from the caller's array.
+    that band are recomputed in float64 from the caller's array. Most pairs are clear of eps by
+    the largest slack of all and are decided by one float32 comparison.
     """
 
     def __init__(
@@ -195,17 +199,20 @@ class _PairCheck:
             if metric == "cosine"
             else None
         )
-        # FAISS keeps d < radius (L2) or sim > radius (IP), in float32: widen the radius past
-        # the worst rounding error so no pair within eps can be missed.
+        # Every pair's rounding error is below `widen`. FAISS keeps d < radius (L2) or
+        # sim > radius (IP), in float32: widening the radius by it misses no pair within eps.
+        # Scores past eps by `widen` on the near side are within for sure; the far side of
+        # the band is the radius itself.
         widen = 2 * float(self.slack.max())
         if metric == "l2":
-            self.faiss_radius = float(
-                np.nextafter(np.float32(eps * eps + widen), np.float32(np.inf))
-            )
+            self._sure_in = _float32_below(eps * eps - widen)
+            self._sure_out = _float32_above(eps * eps + widen)
         else:
-            self.faiss_radius = float(
-                np.nextafter(np.float32(1.0 - eps - widen), np.float32(-np.inf))
-            )
+            self._sure_in = _float32_above(1.0 - eps + widen)
+            self._sure_out = _float32_below(1.0 - eps - widen)
+        self.faiss_radius = float(
+            np.nextafter(self._sure_out, np.float32(np.inf if metric == "l2" else -np.inf))
+        )
 
     def eps_l2(self, xs: NDArray[np.float32]) -> float:
         """A Euclidean distance on ``xs`` that no pair within ``eps`` can exceed.
@@ -220,17 +227,33 @@ class _PairCheck:
         return (float(np.sqrt(self.faiss_radius)) + 1e-6 * scale) * (1.0 + 1e-6)
 
     def within(
-        self, rows: NDArray[np.int64], cols: NDArray[np.int64], raw: NDArray[np.float32]
+        self,
+        lims: NDArray[np.int64],
+        ids: NDArray[np.int64],
+        cols: NDArray[np.int64],
+        raw: NDArray[np.float32],
     ) -> NDArray[np.bool_]:
-        """True where pair (rows[i], cols[i]) with FAISS score raw[i] is within eps."""
+        """True where the pair (query, cols[i]) with FAISS score raw[i] is within eps.
+
+        ``lims`` and ``ids`` give each pair's query: ``ids[j]`` for ``lims[j] <= i <
+        lims[j + 1]``. Scores clear of eps by the largest slack of any pair are decided in
+        float32; only the thin band around eps needs each pair's own slack, and only the
+        pairs within their own slack of eps the exact distance.
+        """
         if self.metric == "l2":
-            margin = self.eps * self.eps - raw.astype(np.float64)
+            within = raw <= self._sure_in
+            band = np.flatnonzero(~within & (raw <= self._sure_out))
+            margin = self.eps * self.eps - raw[band].astype(np.float64)
         else:
-            margin = raw.astype(np.float64) - (1.0 - self.eps)
-        tol = self.slack[rows] + self.slack[cols]
-        within = margin >= tol
+            within = raw >= self._sure_in
+            band = np.flatnonzero(~within & (raw >= self._sure_out))
+            margin = raw[band].astype(np.float64) - (1.0 - self.eps)
+        rows, near = ids[np.searchsorted(lims, band, "right") - 1], cols[band]
+        tol = self.slack[rows] + self.slack[near]
+        decided = margin >= tol
         unsure = np.flatnonzero((margin < tol) & (margin >= -tol))
-        within[unsure] = self.distances(rows[unsure], cols[unsure]) <= self.eps
+        decided[unsure] = self.distances(rows[unsure], near[unsure]) <= self.eps
+        within[band] = decided
         return within
 
     def distances(self, rows: NDArray[np.int64], cols: NDArray[np.int64]) -> NDArray[np.float64]:
@@ -251,41 +274,93 @@ class _PairCheck:
         return out
 
 
-class _CoreGraph:
-    """Core-core edges, collapsed to a spanning forest when the buffer grows past a limit."""
+def _float32_below(value: float) -> np.float32:
+    """The largest float32 <= value."""
+    out = np.float32(value)
+    return out if float(out) <= value else np.nextafter(out, np.float32(-np.inf))
 
-    def __init__(self, n: int, max_edges: int = _MAX_EDGES) -> None:
-        self.n, self._limit = n, max_edges
-        self._dtype = np.int32 if n < np.iinfo(np.int32).max else np.int64
-        self._rows: list[NDArray[np.integer]] = []
-        self._cols: list[NDArray[np.integer]] = []
-        self._size = 0
 
-    def add(self, rows: NDArray[np.int64], cols: NDArray[np.int64]) -> None:
-        self._rows.append(rows.astype(self._dtype))
-        self._cols.append(cols.astype(self._dtype))
-        self._size += rows.size
-        if self._size > self._limit:
-            self._compact()
+def _float32_above(value: float) -> np.float32:
+    """The smallest float32 >= value."""
+    out = np.float32(value)
+    return out if float(out) >= value else np.nextafter(out, np.float32(np.inf))
 
-    def components(self) -> NDArray[np.int64]:
-        """Connected component of every point (isolated points are their own component)."""
-        empty = [np.empty(0, self._dtype)]
-        rows, cols = np.concatenate(self._rows or empty), np.concatenate(self._cols or empty)
-        graph = coo_matrix(
-            (np.ones(rows.size, dtype=np.bool_), (rows, cols)), shape=(self.n, self.n)
-        ).tocsr()
-        return connected_components(graph, directed=False)[1].astype(np.int64)
 
-    def _compact(self) -> None:
-        # Linking every point to its component's first point keeps connectivity with < n edges.
-        component = self.components()
-        _, first = np.unique(component, return_index=True)
-        root = first[component]
-        linked = np.flatnonzero(root != np.arange(self.n))
-        self._rows, self._cols = [linked.astype(self._dtype)], [root[linked].astype(self._dtype)]
-        self._size = linked.size
-        self._limit = max(self._limit, 2 * self._size)
+class _UnionFind:
+    """Disjoint sets of points, merged one batch of DBSCAN queries at a time.
+
+    ``parent[i] == i`` marks a root. A batch's edges join its queries (in no set yet) to
+    earlier points; those are replaced by their roots, repeats dropped, and the small graph
+    of queries and roots is split into connected components, each joining its smallest
+    point. The work is linear in the batch's edges: nothing is sorted, and nothing spans the
+    edges of earlier batches.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n, dtype=np.int64)
+        # Scratch for numbering a batch's roots without sorting them.
+        self._local = np.zeros(n, dtype=np.int64)
+
+    def find(self, x: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The root of each point in ``x``; halves the paths it walks."""
+        parent = self.parent
+        root = parent[x]
+        while True:
+            up = parent[root]
+            if np.array_equal(up, root):
+                break
+            parent[root] = parent[up]
+            root = up
+        parent[x] = root
+        return root
+
+    def add_batch(
+        self,
+        ids: NDArray[np.int64],
+        query: NDArray[np.int64],
+        cols: NDArray[np.int64],
+        col_in_batch: NDArray[np.int64],
+    ) -> None:
+        """Merge the sets of ``ids[query[i]]`` and ``cols[i]`` for every edge i.
+
+        Args:
+            ids: the batch's points, none of them merged into a set before.
+            query: each edge's query, as an index into ``ids``, in ascending order.
+            cols: each edge's other point.
+            col_in_batch: index of ``cols[i]`` in ``ids``, or -1 for an earlier point.
+        """
+        size = ids.size
+        earlier = np.flatnonzero(col_in_batch < 0)
+        roots = self.find(cols[earlier])
+        # Each root is numbered by the last of its positions in ``roots``.
+        self._local[roots] = size + np.arange(roots.size)
+        target = col_in_batch.copy()
+        target[earlier] = self._local[roots]
+        # Most edges of a query lead into the one set around it: drop consecutive repeats.
+        fresh = np.ones(target.size, dtype=np.bool_)
+        fresh[1:] = (query[1:] != query[:-1]) | (target[1:] != target[:-1])
+        query, target = query[fresh], target[fresh]
+        nodes = np.concatenate([ids, roots])
+        indptr = np.searchsorted(query, np.arange(size + 1))
+        indptr = np.concatenate([indptr, np.full(roots.size, indptr[-1])])
+        graph = csr_matrix(
+            (np.ones(target.size, dtype=np.bool_), target, indptr), shape=(nodes.size,) * 2
+        )
+        n_sets, component = connected_components(graph, directed=False)
+        smallest = np.full(n_sets, self.parent.size, dtype=np.int64)
+        np.minimum.at(smallest, component, nodes)
+        # A root numbered by an earlier position than its last is an isolated node: skipped.
+        used = np.concatenate(
+            [
+                np.arange(size),
+                size + np.flatnonzero(self._local[roots] == size + np.arange(roots.size)),
+            ]
+        )
+        self.parent[nodes[used]] = smallest[component[used]]
+
+    def roots(self) -> NDArray[np.int64]:
+        """The root of every point (a point in no merged set is its own root)."""
+        return self.find(np.arange(self.parent.size, dtype=np.int64))
 
 
 class _NearestCore:

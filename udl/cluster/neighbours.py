@@ -55,7 +55,11 @@ class NeighbourSearcher(Protocol):
     def search(
         self, ids: NDArray[np.int64], radius: float
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:
-        """All pairs (query id, neighbour id, raw FAISS score) with score within ``radius``."""
+        """Neighbours of each query within ``radius``, grouped by query (CSR layout).
+
+        Returns ``lims`` (len(ids) + 1 offsets), neighbour ids and raw FAISS scores: the
+        neighbours of ``ids[i]`` are ``cols[lims[i]:lims[i + 1]]``.
+        """
         ...
 
 
@@ -82,18 +86,6 @@ def flat_index(xs: NDArray[np.float32], metric: Metric) -> faiss.Index:
     return index
 
 
-def _pairs(
-    lims: NDArray[np.uint64],
-    scores: NDArray[np.float32],
-    labels: NDArray[np.int64],
-    query_ids: NDArray[np.int64],
-    candidate_ids: NDArray[np.int64] | None,
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:
-    rows = np.repeat(query_ids, np.diff(lims.astype(np.int64)))
-    cols = labels if candidate_ids is None else candidate_ids[labels]
-    return rows, cols, scores
-
-
 class FlatSearcher:
     """Exhaustive range search on one flat index, in batches of consecutive rows."""
 
@@ -110,7 +102,7 @@ class FlatSearcher:
         self, ids: NDArray[np.int64], radius: float
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float32]]:
         lims, scores, labels = self._index.range_search(self._xs[ids[0] : ids[-1] + 1], radius)
-        return _pairs(lims, scores, labels, ids, None)
+        return lims.astype(np.int64), labels, scores
 
 
 class CellSearcher:
@@ -221,4 +213,4 @@ class CellSearcher:
         candidates = self.candidate_rows(ids)
         index = flat_index(self._xs[candidates], self._metric)
         lims, scores, labels = index.range_search(self._xs[ids], radius)
-        return _pairs(lims, scores, labels, ids, candidates)
+        return lims.astype(np.int64), candidates[labels], scores
