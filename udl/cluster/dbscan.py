@@ -152,11 +152,12 @@ def _scan(
     for ids in searcher.batches():
         position[ids] = np.arange(seen, seen + ids.size)
         lims, cols, raw = searcher.search(ids, check.faiss_radius)
-        # Each query's own pair is always within (distance 0, recomputed exactly when
-        # rounding puts it near eps), so it is counted here and dropped by `later` below.
+        # A query meets itself (distance 0, recomputed exactly when rounding puts it near
+        # eps), so it is counted here and dropped by `later` below; except a zero row under
+        # cosine, whose FAISS similarity to itself is 0, so it is counted by hand.
         kept = np.flatnonzero(check.within(lims, ids, cols, raw))
         counts = np.diff(np.searchsorted(kept, lims))
-        batch_core = counts >= min_samples
+        batch_core = counts + check.zero_rows[ids] >= min_samples
         core[ids] = batch_core
         cols = cols[kept]
         query = np.repeat(np.arange(ids.size), counts)
@@ -198,6 +199,9 @@ class _PairCheck:
             np.sqrt(np.einsum("ij,ij->i", arr, arr, dtype=np.float64))
             if metric == "cosine"
             else None
+        )
+        self.zero_rows = (
+            self.norms == 0 if self.norms is not None else np.zeros(len(arr), dtype=np.bool_)
         )
         # Every pair's rounding error is below `widen`. FAISS keeps d < radius (L2) or
         # sim > radius (IP), in float32: widening the radius by it misses no pair within eps.
@@ -332,31 +336,28 @@ class _UnionFind:
         size = ids.size
         earlier = np.flatnonzero(col_in_batch < 0)
         roots = self.find(cols[earlier])
-        # Each root is numbered by the last of its positions in ``roots``.
-        self._local[roots] = size + np.arange(roots.size)
+        # Number the distinct roots size, size + 1, ... without sorting: each root first takes
+        # the last of its positions, which singles out one copy of it.
+        positions = np.arange(roots.size)
+        self._local[roots] = positions
+        distinct = roots[self._local[roots] == positions]
+        self._local[distinct] = size + np.arange(distinct.size)
         target = col_in_batch.copy()
         target[earlier] = self._local[roots]
         # Most edges of a query lead into the one set around it: drop consecutive repeats.
         fresh = np.ones(target.size, dtype=np.bool_)
         fresh[1:] = (query[1:] != query[:-1]) | (target[1:] != target[:-1])
         query, target = query[fresh], target[fresh]
-        nodes = np.concatenate([ids, roots])
+        nodes = np.concatenate([ids, distinct])
         indptr = np.searchsorted(query, np.arange(size + 1))
-        indptr = np.concatenate([indptr, np.full(roots.size, indptr[-1])])
+        indptr = np.concatenate([indptr, np.full(distinct.size, indptr[-1])])
         graph = csr_matrix(
             (np.ones(target.size, dtype=np.bool_), target, indptr), shape=(nodes.size,) * 2
         )
         n_sets, component = connected_components(graph, directed=False)
         smallest = np.full(n_sets, self.parent.size, dtype=np.int64)
         np.minimum.at(smallest, component, nodes)
-        # A root numbered by an earlier position than its last is an isolated node: skipped.
-        used = np.concatenate(
-            [
-                np.arange(size),
-                size + np.flatnonzero(self._local[roots] == size + np.arange(roots.size)),
-            ]
-        )
-        self.parent[nodes[used]] = smallest[component[used]]
+        self.parent[nodes] = smallest[component]
 
     def roots(self) -> NDArray[np.int64]:
         """The root of every point (a point in no merged set is its own root)."""

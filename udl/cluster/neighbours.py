@@ -147,6 +147,12 @@ class CellSearcher:
         self.order = np.lexsort((member_dist, cell)).astype(np.int64)
         self.bounds = np.searchsorted(cell[self.order], np.arange(n_cells + 1))
         self._sorted_dist = member_dist[self.order]
+        # One sorted key for every (cell, distance) pair: cell c's members sit in
+        # [c * span, c * span + max distance]. Adding c * span rounds a distance, but
+        # monotonically, so a search on the keys can only take in extra candidates.
+        self._max_dist = float(member_dist.max(initial=0.0))
+        self._span = 2.0 ** math.ceil(math.log2(2.0 * self._max_dist + 1.0))
+        self._keys = self._sorted_dist + cell[self.order] * self._span
         self.radii = np.zeros(n_cells)
         np.maximum.at(self.radii, cell, member_dist)
         sq_norms = np.einsum("ij,ij->i", self.centroids, self.centroids)
@@ -196,16 +202,19 @@ class CellSearcher:
         low, high = dist.min(axis=0), dist.max(axis=0)
         keep = np.flatnonzero(low <= reach[near] + self._pad)
         if self._nprobe is not None and len(keep) > self._nprobe:
-            keep = np.sort(keep[np.argsort(low[keep], kind="stable")[: self._nprobe]])
-        runs = []
-        for j in keep:
-            c = near[j]
-            first, stop = self.bounds[c], self.bounds[c + 1]
-            member = self._sorted_dist[first:stop]
-            a = first + np.searchsorted(member, low[j] - self._eps_l2 - self._pad, "left")
-            b = first + np.searchsorted(member, high[j] + self._eps_l2 + self._pad, "right")
-            runs.append(self.order[a:b])
-        return np.concatenate(runs)
+            # The own cell always, so that each query still meets itself.
+            rank = np.lexsort((low[keep], near[keep] != own))
+            keep = np.sort(keep[rank[: self._nprobe]])
+        base = near[keep] * self._span
+        reach_low = np.clip(low[keep] - self._eps_l2 - self._pad, 0.0, self._max_dist)
+        reach_high = np.minimum(high[keep] + self._eps_l2 + self._pad, self._max_dist)
+        starts = np.searchsorted(self._keys, base + reach_low, "left")
+        stops = np.searchsorted(self._keys, base + reach_high, "right")
+        stops = np.maximum(stops, starts)
+        lengths = stops - starts
+        # The runs order[starts[j]:stops[j]], concatenated in cell order.
+        offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        return self.order[np.arange(int(lengths.sum())) + offsets]
 
     def search(
         self, ids: NDArray[np.int64], radius: float
