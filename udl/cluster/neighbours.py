@@ -146,13 +146,12 @@ class CellSearcher:
         # Members sorted by cell, then by distance to their centroid (for the annulus bound).
         self.order = np.lexsort((member_dist, cell)).astype(np.int64)
         self.bounds = np.searchsorted(cell[self.order], np.arange(n_cells + 1))
-        self._sorted_dist = member_dist[self.order]
         # One sorted key for every (cell, distance) pair: cell c's members sit in
         # [c * span, c * span + max distance]. Adding c * span rounds a distance, but
         # monotonically, so a search on the keys can only take in extra candidates.
         self._max_dist = float(member_dist.max(initial=0.0))
         self._span = 2.0 ** math.ceil(math.log2(2.0 * self._max_dist + 1.0))
-        self._keys = self._sorted_dist + cell[self.order] * self._span
+        self._keys = member_dist[self.order] + cell[self.order] * self._span
         self.radii = np.zeros(n_cells)
         np.maximum.at(self.radii, cell, member_dist)
         sq_norms = np.einsum("ij,ij->i", self.centroids, self.centroids)
@@ -210,7 +209,6 @@ class CellSearcher:
         reach_high = np.minimum(high[keep] + self._eps_l2 + self._pad, self._max_dist)
         starts = np.searchsorted(self._keys, base + reach_low, "left")
         stops = np.searchsorted(self._keys, base + reach_high, "right")
-        stops = np.maximum(stops, starts)
         lengths = stops - starts
         # The runs order[starts[j]:stops[j]], concatenated in cell order.
         offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
