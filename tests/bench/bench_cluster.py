@@ -28,7 +28,9 @@ batch_size=4096). Inertia is measured the same way for all: sum over ALL N point
 squared distance to the nearest final centroid (exact FAISS search, float64 sum). udl trains
 on a sample of 256 points per centroid (its default) and then assigns all N points (both in
 the timing); "udl_128" and "udl_64" train on 128 and 64 points per centroid (the speed/quality
-trade-off); "udl_full" trains on all N points for a like-for-like comparison of the iterations themselves.
+trade-off); "udl_full" trains on all N points for a like-for-like comparison of the iterations
+themselves (udl's Lloyd iterations skip the points whose bounds prove their cluster unchanged,
+with the same result as plain Lloyd; see udl/cluster/lloyd.py).
 
     .venv/bin/python tests/bench/bench_cluster.py           # 1M x 64 k=1000; 200k and 2M DBSCAN
     .venv/bin/python tests/bench/bench_cluster.py --quick   # 100k x 64 k=100; 20k and 200k
