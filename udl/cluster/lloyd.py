@@ -8,7 +8,13 @@ own centroid and a lower bound ``l`` on the distance to every other centroid. Wh
 move by ``delta``, ``u`` grows by its centroid's move and ``l`` shrinks by the largest move of
 any other centroid. A point whose ``u`` stays below ``max(l, s(a))`` (``s(a)`` is half the
 distance from its centroid to the nearest other one) keeps its cluster; the rest get their
-exact distance, and those still in doubt are searched against all centroids with FAISS.
+distance recomputed, and those still in doubt are searched against all centroids with FAISS.
+
+Bounds pay on points with cluster structure (256k x 64 blobs, k=1000, 20 iterations: 1.1 s
+against 5.9 s for ``faiss.Kmeans``). On points with little (uniform noise; some learned embeddings) most points
+stay in doubt, and an iteration then runs as plain Lloyd, one top-1 FAISS search of all points,
+retrying the bounds after a growing number of plain iterations; such data runs 10-45% slower
+than ``faiss.Kmeans`` (measured: autoencoder embeddings 256k x 64, k=1000, +10%).
 
 Centroid sums and counts are kept in float64 and updated only for the points that change
 cluster, so each iteration costs O(n) bound arithmetic plus the searches of the points in doubt.
@@ -17,8 +23,9 @@ The objective after each assignment comes from the sums in O(k d): sum |x|^2 - 2
 
 FAISS computes squared distances as |x|^2 + |c|^2 - 2 x.c in float32, so the lower bounds it
 gives are lowered by ``_ROUNDING * (|x|^2 + max |c|^2)`` before use: rounding never lets a point
-skip a search it needs. Upper bounds are recomputed from the difference vectors. Points are
-centred first, which keeps those norms, and so the margin, small.
+skip a search it needs; upper bounds are raised by the same margin, or by the float32
+rounding of the difference vectors they are computed from. Points are centred first, which
+keeps those norms, and so the margin, small.
 
 An empty cluster takes the point farthest from its centroid (as scikit-learn does).
 """
@@ -37,6 +44,8 @@ __all__ = ["LloydResult", "lloyd"]
 # Points addressed by index array, or None for all of them (read in place, batch by batch).
 _Rows = NDArray[np.int64] | None
 
+# Share of the points searched in a bounded iteration above which plain iterations take over.
+_BOUNDED_MAX_SHARE = 0.5
 # Bound on float32 rounding in FAISS's expanded squared distance, relative to |x|^2 + |c|^2.
 _ROUNDING = 1e-5
 # Points searched or summed at once: bounds the temporary copies (32 MiB of float64 at dim 64).
@@ -54,7 +63,7 @@ class LloydResult:
             the first is the start's, the last the final centroids'.
         n_iter: centroid updates run (fewer than asked once no point changes cluster).
         searched: points searched against all centroids after each update (plain Lloyd
-            searches all n every time).
+            searches all n every time; so does this function where the bounds spare little).
     """
 
     centroids: NDArray[np.float32]
@@ -101,9 +110,23 @@ def lloyd(
         centres -= shift
     state = _State(x, centres.astype(np.float32))
     objective, searched = [state.objective()], []
+    # Bounds pay only while they spare most searches. When more than half the points are in
+    # doubt, plain iterations (a top-1 search of all points, as faiss.Kmeans does) take over
+    # for ``patience`` iterations; then a top-2 search of all points renews the bounds for
+    # another try, with four times the patience after each failure. Every kind of iteration
+    # gives the same assignments.
+    bounded, plain_left, patience = True, 0, 2
     for _ in range(niter):
         state.update(spherical)
-        changed, doubtful = state.reassign()
+        doubt = state.in_doubt() if bounded else None
+        if doubt is not None and len(doubt) <= _BOUNDED_MAX_SHARE * len(x):
+            changed, doubtful = state.reassign(doubt), len(doubt)
+        else:
+            if bounded:
+                bounded, plain_left, patience = False, patience, 4 * patience
+            else:
+                bounded, plain_left = plain_left == 1, plain_left - 1
+            changed, doubtful = state.reassign_all(with_bounds=bounded), len(x)
         objective.append(state.objective())
         searched.append(doubtful)
         if changed == 0:
@@ -148,49 +171,74 @@ class _State:
         self.lower -= np.where(self.labels == farthest, runner_up, delta[farthest])
         self.upper[moved], self.lower[moved] = 0.0, 0.0
 
-    def reassign(self) -> tuple[int, int]:
-        """Search the points whose bounds allow another nearest centroid.
-
-        Returns:
-            How many points changed cluster, and how many were searched.
-        """
+    def in_doubt(self) -> NDArray[np.int64]:
+        """The points whose bounds, tightened to their own centroid, allow a nearer centroid."""
         threshold = np.maximum(self._half_gap()[self.labels], self.lower)
         doubt = np.flatnonzero(self.upper > threshold)
         self.upper[doubt] = self._own_distance(doubt, self.labels[doubt])
-        doubt = doubt[self.upper[doubt] > threshold[doubt]]
+        return doubt[self.upper[doubt] > threshold[doubt]]
+
+    def reassign(self, doubt: NDArray[np.int64]) -> int:
+        """Search the points in doubt against all centroids; return how many moved."""
         if not len(doubt):
-            return 0, 0
+            return 0
         labels, upper, lower = self._search(doubt)
         changed = labels != self.labels[doubt]
         movers = doubt[changed]
         self._add(movers, self.labels[movers], sign=-1.0)
         self._add(movers, labels[changed])
         self.labels[doubt], self.upper[doubt], self.lower[doubt] = labels, upper, lower
-        return int(changed.sum()), len(doubt)
+        return int(changed.sum())
+
+    def reassign_all(self, with_bounds: bool) -> int:
+        """Search every point (renewing the bounds if asked); return how many moved."""
+        if with_bounds:
+            labels, self.upper, self.lower = self._search(None)
+        else:
+            labels = self._nearest()
+        changed = labels != self.labels
+        self._add(np.flatnonzero(changed), self.labels[changed], sign=-1.0)
+        self._add(np.flatnonzero(changed), labels[changed])
+        self.labels = labels
+        return int(changed.sum())
+
+    def _nearest(self) -> NDArray[np.int64]:
+        index = faiss.IndexFlatL2(self.x.shape[1])
+        index.add(self.centroids)
+        labels = np.empty(len(self.x), np.int64)
+        for batch in _batches(len(self.x)):
+            labels[batch] = index.search(self.x[batch], 1)[1][:, 0]
+        return labels
 
     def _search(
         self, rows: _Rows
     ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
-        """Nearest centroid, exact distance to it, and a lower bound on the second distance."""
+        """Nearest centroid, and upper and lower bounds on the nearest and second distances."""
         index = faiss.IndexFlatL2(self.x.shape[1])
         index.add(self.centroids)
         c_max = float(np.einsum("ij,ij->i", self.centroids, self.centroids).max())
         n = len(self.x) if rows is None else len(rows)
-        labels, second = np.empty(n, np.int64), np.empty(n)
+        labels, first, second = np.empty(n, np.int64), np.empty(n), np.empty(n)
         for batch in _batches(n):
             selected = batch if rows is None else rows[batch]
             sq, nearest = index.search(self.x[selected], 2)
+            margin = _ROUNDING * (self.sq_norms[selected] + c_max)
             labels[batch] = nearest[:, 0]
-            second[batch] = sq[:, 1] - _ROUNDING * (self.sq_norms[selected] + c_max)
-        return labels, self._own_distance(rows, labels), np.sqrt(np.maximum(second, 0.0))
+            first[batch], second[batch] = sq[:, 0] + margin, sq[:, 1] - margin
+        return labels, np.sqrt(np.maximum(first, 0.0)), np.sqrt(np.maximum(second, 0.0))
 
     def _own_distance(self, rows: _Rows, labels: NDArray[np.int64]) -> NDArray[np.float64]:
-        """Euclidean distance of each point in ``rows`` to the centroid ``labels`` names."""
+        """Distance of each point in ``rows`` to the centroid ``labels`` names, rounded up.
+
+        Summed in float32 (several times faster than in float64), then raised by the worst
+        relative rounding of a dim-term sum of squared float32 differences.
+        """
         out = np.empty(len(labels))
+        round_up = 1.0 + (self.x.shape[1] + 4) * 2.0**-23
         for batch in _batches(len(labels)):
             selected = batch if rows is None else rows[batch]
             diff = self.x[selected] - self.centroids[labels[batch]]
-            out[batch] = np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))
+            out[batch] = np.sqrt(np.einsum("ij,ij->i", diff, diff)) * round_up
         return out
 
     def _half_gap(self) -> NDArray[np.float64]:
