@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 from sklearn.cluster import kmeans_plusplus
 from sklearn.datasets import make_blobs
 
+from udl.cluster import lloyd as lloyd_module
 from udl.cluster.kmeans import FaissKMeans
 from udl.cluster.lloyd import lloyd
 
@@ -67,6 +70,26 @@ def test_bounded_lloyd_gives_plain_lloyds_iterations(
     # The point of the bounds: near convergence few points are searched (plain Lloyd: all).
     assert result.searched[-1] < 0.1 * len(x)
     assert sum(result.searched) < 0.6 * len(x) * result.n_iter
+
+
+def test_switching_between_bounded_and_plain_iterations_keeps_plain_lloyds_labels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A strict threshold makes these blobs leave the bounds for plain iterations and come
+    # back (as a slowly converging corpus does): every switch must keep the labels exact.
+    monkeypatch.setattr(lloyd_module, "_BOUNDED_MAX_SHARE", 0.2)
+    x = _overlapping(6000, 30, 0.0, False, 0)
+    start = kmeans_plusplus(x, 30, random_state=0)[0].astype(np.float32)
+    result = lloyd(x, start, 50)
+    _, labels, objective, n_iter = _plain_lloyd(x, start, 50, False)
+
+    assert result.n_iter == n_iter
+    np.testing.assert_array_equal(result.labels, labels)
+    np.testing.assert_allclose(result.objective, objective, rtol=1e-5)
+    plain = [s == len(x) for s in result.searched]
+    # plain, then bounded, then plain again, then bounded again
+    switches = [a != b for a, b in itertools.pairwise(plain)]
+    assert plain[0] and sum(switches) >= 3
 
 
 def test_empty_clusters_take_the_farthest_points() -> None:
