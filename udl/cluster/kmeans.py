@@ -6,8 +6,8 @@ iterations are :func:`udl.cluster.lloyd.lloyd`: the assignments and centroids of
 ``faiss.Kmeans``, with FAISS searching only the points whose bounds leave their cluster in
 doubt, and plain iterations where the bounds spare little (see that module for figures).
 Spherical k-means (Dhillon & Modha, 2001) re-normalises the centroids after each update; it
-is the right model for L2-normalised embeddings, so it is the default for ``metric="cosine"`` (which normalises the points) and for ``"l2"`` when
-the points already have unit norm.
+is the right model for L2-normalised embeddings, so it is the default for ``metric="cosine"``
+(which normalises the points) and for ``"l2"`` when the points already have unit norm.
 
 A start from ``k`` random training points (FAISS's) often puts two centroids in one cluster
 and none in another on well-separated data, a local minimum Lloyd cannot leave. So for

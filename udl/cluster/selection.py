@@ -4,9 +4,10 @@ k (``choose_k``): fit k-means for every candidate k on the same sample and score
 silhouette (higher is better), Calinski-Harabasz (higher) and Davies-Bouldin (lower); for
 cosine, CH and DB are computed on the L2-normalised sample, the space spherical k-means works
 in. Each candidate's k-means keeps the best of ``SELECTION_NREDO`` restarts: one poor local
-minimum (two centroids sharing a cluster) would otherwise misrank its k. Each score ranks the candidates; the k with the smallest sum of the three ranks wins (a
-Borda count, so no single score's scale dominates); ties go to the higher silhouette, then the
-smaller k. The rule and every candidate's scores are returned for ``metrics.json``.
+minimum (two centroids sharing a cluster) would otherwise misrank its k. Each score ranks the
+candidates; the k with the smallest sum of the three ranks wins (a Borda count, so no single
+score's scale dominates); ties go to the higher silhouette, then the smaller k. The rule and
+every candidate's scores are returned for ``metrics.json``.
 
 eps (``estimate_eps``): the knee of the sorted k-distance curve (k = ``min_samples``), the
 heuristic of Ester et al. (1996) made automatic with the "kneedle" rule of Satopaa et al.
