@@ -21,6 +21,7 @@ TEXT = "text"
 LABEL = "label"
 SOURCE = "source"
 ROW = "row"  # 1-based record number in its source file (see udl.readers)
+LINE = "line"  # 1-based line where a record starts in its decompressed file (null: Parquet)
 TRUNCATED = "truncated"
 REASON = "reason"
 DETAIL = "detail"
@@ -48,6 +49,7 @@ REJECTS_SCHEMA = pa.schema(
     [
         pa.field(SOURCE, pa.string(), nullable=False),
         pa.field(ROW, pa.int64()),
+        pa.field(LINE, pa.int64()),
         pa.field(DOC_ID, pa.string()),
         pa.field(REASON, pa.string(), nullable=False),  # a code: invalid_utf8, empty_text, ...
         pa.field(DETAIL, pa.string()),  # the specifics, e.g. "expected 3 fields, got 4"
