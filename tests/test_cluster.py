@@ -253,12 +253,17 @@ def test_validate_vectors_dim_and_types() -> None:
 
 
 def _write_dataset(
-    root: Path, x: NDArray[np.float32], truth: NDArray[np.int64], parts: int = 3
+    root: Path,
+    x: NDArray[np.float32],
+    truth: NDArray[np.int64],
+    parts: int = 3,
+    featured: NDArray[np.bool_] | None = None,
 ) -> tuple[Path, Path]:
     corpus, embeddings = root / "corpus", root / "embeddings"
     corpus.mkdir(parents=True)
     embeddings.mkdir(parents=True)
     ids = [f"d{i:05d}" for i in range(len(x))]
+    featured = np.ones(len(x), np.bool_) if featured is None else featured
     for i, rows in enumerate(np.array_split(np.arange(len(x)), parts)):
         n = len(rows)
         write_part(
@@ -280,7 +285,12 @@ def _write_dataset(
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(x[rows].ravel()), dim)
         write_part(
             pa.Table.from_arrays(
-                [pa.array([ids[r] for r in rows]), vectors, pa.array(np.zeros(n, np.float32))],
+                [
+                    pa.array([ids[r] for r in rows]),
+                    vectors,
+                    pa.array(np.zeros(n, np.float32)),
+                    pa.array(featured[rows]),
+                ],
                 schema=S.embeddings_schema(dim),
             ),
             embeddings,

@@ -6,6 +6,11 @@ the sample and one part, whatever the corpus size.
 A corpus ingested with supplied vectors (`input.embedding_column`, the corpus column
 `embedding`) trains no encoder: `copy_embeddings` writes those vectors, L2-normalised if
 configured, with a typicality anomaly score (1 - cosine to the corpus's mean direction).
+
+A document whose TF-IDF row is empty (every token pruned by min_df/max_df/stop words, or no word
+at all) gets the TF-IDF encoders' output for an empty input, the same vector for all such
+documents, which means nothing; `embeddings/` marks it `has_features = False` (see
+`udl.schema.HAS_FEATURES`), the encoder is not trained on it, and clustering leaves it out.
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ __all__ = [
     "EmbedResult",
     "copy_embeddings",
     "embed_corpus",
+    "has_features",
     "has_supplied_vectors",
     "load_encoder",
     "make_encoder",
     "read_documents",
     "read_embeddings",
+    "read_has_features",
     "write_embeddings",
 ]
 
@@ -71,6 +78,8 @@ class EmbedResult:
     dec_converged: bool  # DEC stopped by its `tol` rule rather than its iteration cap
     train_seconds: float  # sampling, training, DEC and saving the checkpoint
     embed_seconds: float  # inference over every part, written to `embeddings/`
+    device: str | None = None  # torch device of the encoder ("cpu", "cuda:0"); None: supplied
+    n_no_features: int = 0  # documents with an empty TF-IDF row (has_features False)
 
 
 def read_documents(
@@ -96,14 +105,21 @@ def _kept_features(models_dir: Path, count: int) -> tuple[NDArray[np.int64], NDA
 def _sample(
     corpus_dir: Path, features_dir: Path, n_features: int, max_docs: int, seed: int
 ) -> DocumentBatch:
-    """A seeded uniform sample of at most `max_docs` documents across all parts."""
+    """A seeded uniform sample of at most `max_docs` documents across all parts, less those
+    without features: an empty input row teaches the encoder nothing."""
     corpus_parts, features_parts = dataset_parts(corpus_dir), dataset_parts(features_dir)
     batches = [
         read_documents(corpus_parts[i], features_parts[i], n_features, rows)[1]
         for i, rows in sample_rows(features_parts, max_docs, seed)
     ]
     texts = [t for b in batches for t in b.texts]
-    return DocumentBatch(sp.vstack([b.tfidf for b in batches], format="csr"), texts)
+    sample = DocumentBatch(sp.vstack([b.tfidf for b in batches], format="csr"), texts)
+    return sample.take(np.flatnonzero(has_features(sample)))
+
+
+def has_features(docs: DocumentBatch) -> NDArray[np.bool_]:
+    """Whether each document's TF-IDF row holds any feature (bool array of shape (n_docs,))."""
+    return np.diff(docs.tfidf.indptr) > 0
 
 
 def make_encoder(
@@ -164,15 +180,22 @@ def load_encoder(folder: Path, device: str | None = None) -> Encoder:
 
 
 def _embeddings_table(
-    doc_ids: list[str], vectors: NDArray[np.float32], scores: NDArray[np.float32]
+    doc_ids: list[str],
+    vectors: NDArray[np.float32],
+    scores: NDArray[np.float32],
+    featured: NDArray[np.bool_] | None = None,
 ) -> pa.Table:
-    """One `embeddings/` part: vectors (n, dim) float32 and anomaly scores (n,) float32."""
+    """One `embeddings/` part: vectors (n, dim) float32, anomaly scores (n,) float32 and
+    `has_features` (n,) bool (None: every document has features)."""
     dim = vectors.shape[1]
+    if featured is None:
+        featured = np.ones(len(doc_ids), np.bool_)
     return pa.Table.from_arrays(
         [
             pa.array(doc_ids, pa.string()),
             pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
             pa.array(scores, pa.float32()),
+            pa.array(featured, pa.bool_()),
         ],
         schema=S.embeddings_schema(dim),
     )
@@ -180,13 +203,18 @@ def _embeddings_table(
 
 def write_embeddings(
     encoder: Encoder, corpus_dir: Path, features_dir: Path, embeddings_dir: Path, n_features: int
-) -> int:
-    """Embed every document part by part into `embeddings_dir` (atomic); returns the row count.
+) -> tuple[int, int]:
+    """Embed every document part by part into `embeddings_dir` (atomic).
 
     Memory is bounded by one part: parts are read, embedded and written one at a time, and
-    part i of the output holds the documents of part i of the corpus, in order.
+    part i of the output holds the documents of part i of the corpus, in order. The pretrained
+    encoder reads the text itself, so for it every document has features.
+
+    Returns:
+        The number of documents, and how many of them have no features.
     """
-    n_docs = 0
+    n_docs = n_empty = 0
+    reads_tfidf = isinstance(encoder, TorchEncoder)
     with atomic_dir(embeddings_dir) as out:
         parts = list(zip(dataset_parts(corpus_dir), dataset_parts(features_dir), strict=True))
         for index, (corpus_part, features_part) in enumerate(
@@ -194,10 +222,12 @@ def write_embeddings(
         ):
             doc_ids, docs = read_documents(corpus_part, features_part, n_features)
             vectors, scores = encoder.transform(docs)
-            table = _embeddings_table(doc_ids, vectors.reshape(len(doc_ids), encoder.dim), scores)
-            write_part(table, out, index)
-            n_docs += table.num_rows
-    return n_docs
+            featured = has_features(docs) if reads_tfidf else None
+            vectors = vectors.reshape(len(doc_ids), encoder.dim)
+            write_part(_embeddings_table(doc_ids, vectors, scores, featured), out, index)
+            n_docs += len(doc_ids)
+            n_empty += 0 if featured is None else int(np.sum(~featured))
+    return n_docs, n_empty
 
 
 def has_supplied_vectors(corpus_dir: Path) -> bool:
@@ -325,13 +355,17 @@ def embed_corpus(
     order = np.random.default_rng(seed + 1).permutation(len(sample))
     valid, train = sample.take(order[:n_valid]), sample.take(order[n_valid:])
     encoder = make_encoder(encoder_config, preprocess_config, models_dir, seed)
+    device = str(getattr(encoder, "device", "cpu"))
+    log.info("embedding on %s", device)
     encoder.fit(train, valid if n_valid else train)
     dec = None
     if encoder_config.dec.method != "none" and isinstance(encoder, TorchEncoder):
         dec = encoder.refine_clusters(sample)
     encoder.save(models_dir / ENCODER_DIR)
     trained = time.perf_counter()
-    n_docs = write_embeddings(encoder, corpus_dir, features_dir, embeddings_dir, n_features)
+    n_docs, n_empty = write_embeddings(
+        encoder, corpus_dir, features_dir, embeddings_dir, n_features
+    )
     history = getattr(encoder, "training_", None) or TrainingResult()
     return EmbedResult(
         n_docs=n_docs,
@@ -345,6 +379,8 @@ def embed_corpus(
         dec_converged=dec.converged if dec else False,
         train_seconds=trained - started,
         embed_seconds=time.perf_counter() - trained,
+        device=device,
+        n_no_features=n_empty,
     )
 
 
@@ -354,3 +390,12 @@ def read_embeddings(path: Path) -> tuple[list[str], NDArray[np.float32], NDArray
     column = table.column(S.EMBEDDING).combine_chunks()
     vectors = column.flatten().to_numpy().reshape(table.num_rows, column.type.list_size)
     return table.column(S.DOC_ID).to_pylist(), vectors, table.column(S.ANOMALY).to_numpy()
+
+
+def read_has_features(path: Path) -> NDArray[np.bool_]:
+    """`has_features` (n,) of one embeddings part; all True for parts written before it existed."""
+    schema = pq.read_schema(path)
+    if S.HAS_FEATURES not in schema.names:
+        return np.ones(pq.ParquetFile(path).metadata.num_rows, np.bool_)
+    column = pq.read_table(path, columns=[S.HAS_FEATURES]).column(S.HAS_FEATURES)
+    return column.to_numpy(zero_copy_only=False).astype(np.bool_)

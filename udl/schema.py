@@ -9,8 +9,11 @@ __all__ = [
     "DOC_ID",
     "EMBEDDINGS_FIELDS",
     "FEATURES_SCHEMA",
+    "HAS_FEATURES",
     "LABEL",
     "REJECTS_SCHEMA",
+    "STATUS",
+    "STATUSES",
     "TEXT",
     "embedding_field",
     "embeddings_schema",
@@ -30,10 +33,21 @@ INDICES = "indices"
 VALUES = "values"
 EMBEDDING = "embedding"
 ANOMALY = "anomaly_score"
+# False where the document had no feature left after preprocessing (every token pruned by
+# min_df/max_df/stop words, or no word at all): its embedding means nothing and it is not
+# clustered. Always True for the pretrained encoder and for supplied vectors.
+HAS_FEATURES = "has_features"
 CLUSTER_ID = "cluster_id"
 DISTANCE = "distance"
 CONFIDENCE = "confidence"
 RUN_ID = "run_id"
+# Per-document outcome of clustering: "clustered"; "noise" (DBSCAN, cluster_id -1); or
+# "no_features" (cluster_id -1, distance NaN, confidence 0: see HAS_FEATURES).
+STATUS = "status"
+CLUSTERED = "clustered"
+NOISE = "noise"
+NO_FEATURES = "no_features"
+STATUSES = (CLUSTERED, NOISE, NO_FEATURES)
 
 # Corpus datasets have these columns first; then, with input.embedding_column, the supplied
 # vectors as `embedding_field(dim)`; then the label and metadata columns as strings.
@@ -72,17 +86,20 @@ def embedding_field(dim: int) -> pa.Field:
 
 
 def embeddings_schema(dim: int) -> pa.Schema:
-    """Schema of `embeddings/`: one fixed-size float32 vector and an anomaly score per doc."""
+    """Schema of `embeddings/`: one fixed-size float32 vector, an anomaly score and whether the
+    document had any feature (see HAS_FEATURES), per doc. Runs written before `has_features`
+    existed lack that column: read it as True."""
     return pa.schema(
         [
             pa.field(DOC_ID, pa.string(), nullable=False),
             embedding_field(dim),
             pa.field(ANOMALY, pa.float32(), nullable=False),
+            pa.field(HAS_FEATURES, pa.bool_(), nullable=False),
         ]
     )
 
 
-EMBEDDINGS_FIELDS = (DOC_ID, EMBEDDING, ANOMALY)
+EMBEDDINGS_FIELDS = (DOC_ID, EMBEDDING, ANOMALY, HAS_FEATURES)
 
 ASSIGNMENTS_SCHEMA = pa.schema(
     [
@@ -91,5 +108,6 @@ ASSIGNMENTS_SCHEMA = pa.schema(
         pa.field(DISTANCE, pa.float32(), nullable=False),
         pa.field(CONFIDENCE, pa.float32(), nullable=False),
         pa.field(RUN_ID, pa.string(), nullable=False),
+        pa.field(STATUS, pa.string(), nullable=False),  # one of STATUSES
     ]
 )

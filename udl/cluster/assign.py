@@ -1,5 +1,11 @@
 """The clustering step: fit on (a sample of) the embeddings, then write one assignment row per
-document, streamed part by part, with the label and metadata columns carried from the corpus."""
+document, streamed part by part, with the label and metadata columns carried from the corpus.
+
+Documents without features (``has_features`` False in ``embeddings/``) share one meaningless
+embedding: they are left out of training, of the choice of k or eps and of DBSCAN, and get
+cluster_id -1, distance NaN, confidence 0 and status ``no_features``. Results worth a second
+look (a dominant cluster, mostly noise, those documents) come with warnings
+(``udl.cluster.health``)."""
 
 from __future__ import annotations
 
@@ -16,13 +22,14 @@ from numpy.typing import NDArray
 from udl import schema as S
 from udl.cluster.align import Alignment, align_clusters
 from udl.cluster.dbscan import dbscan
+from udl.cluster.health import log_warnings, no_features_warning, result_warnings
 from udl.cluster.kmeans import FaissKMeans, prepare, to_distance
 from udl.cluster.neighbours import flat_index
 from udl.cluster.selection import EPS_RULE, choose_k, estimate_eps
 from udl.config import ClusterConfig
-from udl.embed import read_embeddings
-from udl.errors import SchemaError
-from udl.storage import atomic_dir, dataset_parts, sample_rows, write_json_atomic, write_part
+from udl.embed import read_embeddings, read_has_features
+from udl.errors import ConfigError, SchemaError
+from udl.storage import atomic_dir, dataset_parts, write_json_atomic, write_part
 
 __all__ = ["ALIGNMENT_FILE", "CENTROIDS_FILE", "ClusterResult", "cluster_embeddings", "read_sample"]
 
@@ -47,6 +54,8 @@ class ClusterResult:
         alignment: empty without ``previous_models``; else the content of ``alignment.json``:
             ``{"previous_models", "status": "aligned"|"skipped", "reason", "warm_start",
             "mapping", "appeared", "vanished", "moved", "shifts"}`` (see ``udl.cluster.align``).
+        n_no_features: documents without features, not clustered (status no_features).
+        warnings: plain sentences about results to check (``udl.cluster.health``).
     """
 
     algorithm: str
@@ -63,6 +72,8 @@ class ClusterResult:
     exact: bool = True
     warm_start: bool = False
     alignment: dict[str, Any] = field(default_factory=dict)
+    n_no_features: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -73,23 +84,61 @@ class _Fit:
     n_train: int
     selection: dict[str, Any]
     kmeans: FaissKMeans | None = None
-    dbscan_labels: NDArray[np.int32] | None = None
+    dbscan_labels: NDArray[np.int32] | None = None  # of the documents with features
     eps: float | None = None
     exact: bool = True
+    warnings: list[str] = field(default_factory=list)
+
+
+def _featured(parts: list[Path]) -> list[NDArray[np.bool_]]:
+    """``has_features`` of each part; a clear error when no document has any."""
+    featured = [read_has_features(p) for p in parts]
+    if not any(f.any() for f in featured):
+        n = sum(len(f) for f in featured)
+        raise ConfigError(
+            f"None of the {n} documents has a word kept by preprocessing, so there is nothing "
+            "to cluster; lower preprocess.min_df or check the text column."
+        )
+    return featured
+
+
+def _sample_featured(
+    featured: list[NDArray[np.bool_]], size: int, seed: int
+) -> list[tuple[int, NDArray[np.int64]]]:
+    """A seeded uniform sample of at most ``size`` documents with features, across parts.
+
+    Returns:
+        (part position, sorted row numbers within that part) for each part with sampled rows;
+        the same rows as ``udl.storage.sample_rows`` when every document has features.
+    """
+    positions = np.flatnonzero(np.concatenate(featured))
+    size = min(size, len(positions))
+    rows = positions[np.sort(np.random.default_rng(seed).choice(len(positions), size, False))]
+    starts = np.concatenate([[0], np.cumsum([len(f) for f in featured])])
+    picks = []
+    for i in range(len(featured)):
+        inside = rows[(rows >= starts[i]) & (rows < starts[i + 1])] - starts[i]
+        if len(inside):
+            picks.append((i, inside))
+    return picks
 
 
 def read_sample(
     embeddings_dir: Path, size: int, seed: int
 ) -> tuple[NDArray[np.float32], list[tuple[int, NDArray[np.int64]]]]:
-    """A seeded sample of at most ``size`` embeddings (n, dim), and where the rows came from."""
+    """A seeded sample of at most ``size`` embeddings (n, dim) of documents with features, and
+    where the rows came from."""
     parts = dataset_parts(embeddings_dir)
-    picks = sample_rows(parts, size, seed)
+    picks = _sample_featured(_featured(parts), size, seed)
     blocks = [read_embeddings(parts[i])[1][rows] for i, rows in picks]
     return np.concatenate(blocks).astype(np.float32), picks
 
 
-def _read_all(embeddings_dir: Path) -> NDArray[np.float32]:
-    return np.concatenate([read_embeddings(p)[1] for p in dataset_parts(embeddings_dir)])
+def _read_featured(embeddings_dir: Path) -> NDArray[np.float32]:
+    """Every embedding (n_featured, dim) of the documents with features, in corpus order."""
+    parts = dataset_parts(embeddings_dir)
+    featured = _featured(parts)
+    return np.concatenate([read_embeddings(p)[1][f] for p, f in zip(parts, featured, strict=True)])
 
 
 def _centroids_of(
@@ -130,7 +179,7 @@ def _fit_kmeans(
 
 
 def _fit_dbscan(embeddings_dir: Path, config: ClusterConfig, seed: int) -> _Fit:
-    x = _read_all(embeddings_dir)
+    x = _read_featured(embeddings_dir)
     selection: dict[str, Any] = {}
     if config.eps == "auto":
         eps = estimate_eps(x, config.min_samples, config.metric, config.selection_sample, seed)
@@ -189,21 +238,56 @@ def _align(
     return alignment, {"status": "aligned", "reason": None, **alignment.as_dict()}
 
 
+@dataclass(frozen=True)
+class _Labels:
+    """One part's assignments: cluster ids, distances, confidences and statuses (n,)."""
+
+    ids: NDArray[np.int32]
+    dist: NDArray[np.float32]
+    conf: NDArray[np.float32]
+    status: NDArray[np.object_]
+
+
+def _label_part(
+    x: NDArray[np.float32],
+    featured: NDArray[np.bool_],
+    fitted: NDArray[np.int32] | None,
+    fit: _Fit,
+    alignment: Alignment | None,
+    centroids: NDArray[np.float32],
+    config: ClusterConfig,
+) -> _Labels:
+    """Assignments of one part's embeddings ``x`` (n, dim); ``fitted``: DBSCAN's labels of
+    its documents with features (None for k-means)."""
+    if fit.kmeans is not None:
+        labels, dist, conf = fit.kmeans.predict(x, config.assign_batch_size)
+    else:
+        assert fitted is not None
+        labels = np.full(len(x), -1, np.int32)
+        labels[featured] = fitted
+    if alignment is not None:
+        labels = alignment.relabel(labels)
+    if fit.kmeans is None:
+        dist, conf = _dbscan_distances(x, labels, centroids, config.metric)
+    labels = np.where(featured, labels, -1).astype(np.int32)
+    dist = np.where(featured, dist, np.nan).astype(np.float32)
+    conf = np.where(featured, conf, 0.0).astype(np.float32)
+    status = np.where(labels >= 0, S.CLUSTERED, S.NOISE).astype(object)
+    status[~featured] = S.NO_FEATURES
+    return _Labels(labels, dist, conf, status)
+
+
 def _assignment_table(
-    corpus_part: Path,
-    doc_ids: list[str],
-    labels: NDArray,
-    dist: NDArray,
-    conf: NDArray,
-    run_id: str,
+    corpus_part: Path, doc_ids: list[str], labels: _Labels, run_id: str
 ) -> pa.Table:
     base = pa.Table.from_arrays(
         [
             pa.array(doc_ids, pa.string()),
-            pa.array(labels, pa.int32()),
-            pa.array(dist, pa.float32()),
-            pa.array(conf, pa.float32()),
+            pa.array(labels.ids, pa.int32()),
+            pa.array(labels.dist, pa.float32()),
+            pa.array(labels.conf, pa.float32()),
             pa.array([run_id] * len(doc_ids), pa.string()),
+            pa.array(labels.status, pa.string()),
         ],
         schema=S.ASSIGNMENTS_SCHEMA,
     )
@@ -278,23 +362,29 @@ def cluster_embeddings(
         record = {"previous_models": str(previous_models), "warm_start": warm, **record}
         write_json_atomic(models_dir / ALIGNMENT_FILE, record)
 
-    n_docs = n_noise = 0
+    n_docs = n_fitted = 0
+    sizes = np.zeros(len(centroids), np.int64)
+    statuses = dict.fromkeys(S.STATUSES, 0)
     with atomic_dir(assignments_dir) as out:
         for i, (emb_part, corpus_part) in enumerate(zip(emb_parts, corpus_parts, strict=True)):
             doc_ids, x_part, _ = read_embeddings(emb_part)
-            if fit.kmeans is not None:
-                labels, dist, conf = fit.kmeans.predict(x_part, config.assign_batch_size)
-            else:
-                assert fit.dbscan_labels is not None
-                labels = fit.dbscan_labels[n_docs : n_docs + len(doc_ids)]
-            if alignment is not None:
-                labels = alignment.relabel(labels)
-            if fit.kmeans is None:
-                dist, conf = _dbscan_distances(x_part, labels, centroids, config.metric)
-            table = _assignment_table(corpus_part, doc_ids, labels, dist, conf, run_id)
-            write_part(table, out, i)
+            featured = read_has_features(emb_part)
+            fitted = None
+            if fit.dbscan_labels is not None:
+                fitted = fit.dbscan_labels[n_fitted : n_fitted + int(featured.sum())]
+                n_fitted += len(fitted)
+            labels = _label_part(x_part, featured, fitted, fit, alignment, centroids, config)
+            write_part(_assignment_table(corpus_part, doc_ids, labels, run_id), out, i)
             n_docs += len(doc_ids)
-            n_noise += int(np.sum(labels < 0))
+            sizes += np.bincount(labels.ids[labels.ids >= 0], minlength=len(centroids))
+            for status in statuses:
+                statuses[status] += int(np.sum(labels.status == status))
+    warnings = [
+        *no_features_warning(statuses[S.NO_FEATURES], n_docs),
+        *fit.warnings,
+        *result_warnings(sizes, statuses[S.NOISE], config.algorithm, _setting(fit, config)),
+    ]
+    log_warnings(warnings)
     return ClusterResult(
         algorithm=config.algorithm,
         metric=config.metric,
@@ -302,7 +392,7 @@ def cluster_embeddings(
         eps=fit.eps,
         min_samples=config.min_samples if fit.kmeans is None else None,
         n_clusters=len(centroids),
-        n_noise=n_noise,
+        n_noise=statuses[S.NOISE],
         n_docs=n_docs,
         n_train=fit.n_train,
         selection=fit.selection,
@@ -310,7 +400,17 @@ def cluster_embeddings(
         exact=fit.exact,
         warm_start=warm,
         alignment=record if previous_models is not None else {},
+        n_no_features=statuses[S.NO_FEATURES],
+        warnings=warnings,
     )
+
+
+def _setting(fit: _Fit, config: ClusterConfig) -> str:
+    """The clustering's parameters in words, for warnings."""
+    chosen = "chosen automatically, " if fit.selection else ""
+    if fit.kmeans is not None:
+        return f"k={fit.kmeans.k}{', chosen automatically' if fit.selection else ''}"
+    return f"eps={fit.eps:.3g} {chosen}min_samples={config.min_samples}"
 
 
 def _dbscan_distances(
