@@ -121,6 +121,18 @@ def test_internal_scores_undefined_with_one_cluster_6() -> None:
     }
 
 
+def test_internal_scores_say_why_they_are_undefined_22() -> None:
+    x = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    one_cluster = internal_scores(x, np.r_[np.zeros(15, int), -np.ones(5, int)], "l2")
+    assert one_cluster.reason == (
+        "the sample of 20 documents has 15 outside noise, in 1 cluster; silhouette, "
+        "Calinski-Harabasz and Davies-Bouldin compare clusters and need at least 2"
+    )
+    singletons = internal_scores(x[:4], np.array([0, 1, 2, -1]), "cosine")
+    assert singletons.reason is not None and "each in a cluster of its own" in singletons.reason
+    assert internal_scores(x, np.arange(20) % 2, "l2").reason is None
+
+
 PREVIOUS = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]], np.float32)
 
 

@@ -168,6 +168,7 @@ class InternalScores:
     """Internal scores of a sample, and the per-point silhouettes behind the mean.
 
     `labels` and `silhouettes` are those of the sampled points outside noise (same order).
+    `reason` says, in words a user can read, why the scores are None (None when they exist).
     """
 
     silhouette: float | None
@@ -175,6 +176,7 @@ class InternalScores:
     davies_bouldin: float | None
     labels: NDArray[np.int64]
     silhouettes: NDArray[np.float64]
+    reason: str | None = None
 
     def as_dict(self) -> dict[str, float | None]:
         """The three scores by their metrics.json names."""
@@ -189,6 +191,20 @@ class InternalScores:
         return {
             int(c): float(self.silhouettes[self.labels == c].mean()) for c in np.unique(self.labels)
         }
+
+
+def _undefined_reason(n_sampled: int, n_clustered: int, n_clusters: int) -> str:
+    """Why the internal scores of a sample are undefined, for the report."""
+    sample = f"the sample of {n_sampled} documents has {n_clustered} outside noise"
+    if n_clusters < 2:
+        return (
+            f"{sample}, in {n_clusters} cluster{'s' if n_clusters != 1 else ''}; silhouette, "
+            "Calinski-Harabasz and Davies-Bouldin compare clusters and need at least 2"
+        )
+    return (
+        f"{sample}, each in a cluster of its own ({n_clusters} clusters); the scores need a "
+        "cluster with at least 2 documents"
+    )
 
 
 def internal_scores(
@@ -206,13 +222,15 @@ def internal_scores(
         metric: ``"cosine"`` or ``"l2"``.
 
     Returns:
-        The scores, None when fewer than two clusters or fewer than three points remain.
+        The scores; None, with the reason, when fewer than two clusters remain or every
+        remaining point is a cluster of its own (the scores are undefined then).
     """
     keep = labels >= 0
     x, labels = x[keep], np.asarray(labels[keep], np.int64)
     n_labels = len(np.unique(labels))
     if n_labels < 2 or n_labels >= len(labels):
-        return InternalScores(None, None, None, labels, np.zeros(len(labels)))
+        reason = _undefined_reason(len(keep), len(labels), n_labels)
+        return InternalScores(None, None, None, labels, np.zeros(len(labels)), reason)
     with config_context(working_memory=SILHOUETTE_WORKING_MEMORY):
         silhouettes = skm.silhouette_samples(
             x, labels, metric="cosine" if metric == "cosine" else "euclidean"
