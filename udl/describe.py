@@ -4,11 +4,19 @@
 TF-IDF rows and anomaly scores) and keeps only per-cluster sums of TF-IDF (sparse), the best
 few candidates per cluster and the top outliers, never the corpus.
 
-Keywords use class-based TF-IDF (Grootendorst, BERTopic): the summed TF-IDF of a cluster's
-documents, scaled by ``log(1 + A / f_t)`` where ``f_t`` is the feature's total weight over all
-clusters and ``A`` the mean total weight per cluster, so words common to every cluster sink.
-Hashed feature ids are named through the run's vocabulary (most frequent token per feature);
-features without a name are skipped, so keywords are always words.
+Keywords use class-based TF-IDF, in the spirit of BERTopic's c-TF-IDF (Grootendorst, 2022)
+with the inverse frequency taken over clusters: a cluster's summed TF-IDF of a word, times
+``log(k / e_t)``, where ``e_t`` is the word's *effective number of clusters*, the perplexity
+``exp(H)`` of its distribution over the k clusters (its weight in each cluster divided by that
+cluster's total weight, so a big cluster does not look like a word's home just by size). A word
+spread evenly over every cluster ("having", "used", "usually") has ``e_t = k`` and scores 0
+however frequent it is; a word found in one cluster only gets ``log k``. Unlike a count of the
+clusters containing a word, this needs no presence threshold, and one stray use of a word
+elsewhere barely moves it. With a single cluster there is nothing to contrast and the summed
+TF-IDF ranks alone. Words of scikit-learn's English stop list are never keywords (they can get
+through with ``preprocess.stop_words: none``). Hashed feature ids are named through the run's
+vocabulary (most frequent token per feature); features without a name are skipped, so
+keywords are always words.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 from numpy.typing import NDArray
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 __all__ = ["ClusterDescriber", "ClusterSummary", "Description", "Example", "class_tfidf"]
 
@@ -50,7 +59,9 @@ class Description:
     """Every cluster (largest first), the noise pseudo-cluster and the most anomalous documents.
 
     `n_outliers_flagged` counts the documents whose anomaly score is at least
-    `anomaly_threshold` (exact count; the threshold itself comes from a sample).
+    `anomaly_threshold` (exact count; the threshold itself comes from a sample). Documents
+    without features (every token pruned) are in no cluster, not noise, no representative and
+    no outlier: only counted, with the first few as examples.
     """
 
     clusters: list[ClusterSummary]
@@ -58,29 +69,54 @@ class Description:
     outliers: list[Example]
     n_outliers_flagged: int
     anomaly_threshold: float
+    n_no_features: int = 0
+    no_features_examples: list[Example] = field(default_factory=list)
+
+    @property
+    def n_docs(self) -> int:
+        """Every document described: clustered, noise and without features."""
+        noise = self.noise.size if self.noise else 0
+        return sum(c.size for c in self.clusters) + noise + self.n_no_features
+
+
+EVEN_TOLERANCE = 1e-6
 
 
 def class_tfidf(sums: sp.csr_matrix) -> sp.csr_matrix:
-    """c-TF-IDF of per-cluster summed TF-IDF rows.
+    """c-TF-IDF of per-cluster summed TF-IDF rows, idf over clusters (module docstring).
 
     Args:
         sums: float array (n_clusters, n_features), summed TF-IDF of each cluster's documents.
 
     Returns:
-        The same shape, each feature scaled by ``log(1 + A / f_t)`` (module docstring).
+        The same shape: each entry times ``log(k / e_t)`` of its feature (1 when k = 1).
     """
-    totals = np.asarray(sums.sum(axis=0)).ravel()
-    mean_weight = float(sums.sum()) / max(sums.shape[0], 1)
-    weights = np.zeros_like(totals)
-    nonzero = totals > 0
-    weights[nonzero] = np.log1p(mean_weight / totals[nonzero])
-    return sp.csr_matrix(sums.multiply(weights[np.newaxis, :]))
+    sums = sp.csr_matrix(sums, dtype=np.float64)
+    k = sums.shape[0]
+    if k < 2:
+        return sums
+    row_totals = np.asarray(sums.sum(axis=1)).ravel()
+    shares = (sp.diags(1.0 / np.maximum(row_totals, np.finfo(np.float64).tiny)) @ sums).tocoo()
+    word_totals = np.bincount(shares.col, weights=shares.data, minlength=sums.shape[1])
+    p = shares.data / word_totals[shares.col]
+    entropy = np.bincount(shares.col, weights=-p * np.log(p), minlength=sums.shape[1])
+    idf = np.log(k) - entropy
+    # A perfectly even word's idf is 0 up to rounding (the rows are float32 sums).
+    idf[idf < EVEN_TOLERANCE] = 0.0
+    return sp.csr_matrix(sums.multiply(idf[np.newaxis, :]))
 
 
 def _top_keywords(row: sp.csr_matrix, vocabulary: dict[int, str], n: int) -> list[str]:
-    order = np.argsort(-row.data, kind="stable")
-    names = [vocabulary.get(int(row.indices[i])) for i in order]
-    return [name for name in names if name][:n]
+    keep = row.data > 0
+    indices, data = row.indices[keep], row.data[keep]
+    order = np.argsort(-data, kind="stable")
+    names = [vocabulary.get(int(indices[i])) for i in order]
+    return [name for name in names if name and not _stop_words_only(name)][:n]
+
+
+def _stop_words_only(token: str) -> bool:
+    """True for a word, or n-gram of words, from scikit-learn's English stop list."""
+    return all(word in ENGLISH_STOP_WORDS for word in token.split())
 
 
 def _push(heap: list, item: Example, limit: int) -> None:
@@ -122,6 +158,8 @@ class ClusterDescriber:
         self._nearest: dict[int, list] = {}
         self._outliers: list = []
         self._n_flagged = 0
+        self._n_no_features = 0
+        self._no_features: list[Example] = []
 
     def update(
         self,
@@ -131,6 +169,7 @@ class ClusterDescriber:
         distance: NDArray[np.float32],
         anomaly: NDArray[np.float32],
         tfidf: sp.csr_matrix,
+        no_features: NDArray[np.bool_] | None = None,
     ) -> None:
         """Add one part: n aligned documents.
 
@@ -141,8 +180,36 @@ class ClusterDescriber:
             distance: float32 array (n,), distance to the own cluster's centroid.
             anomaly: float32 array (n,), anomaly score.
             tfidf: float32 CSR (n, n_features).
+            no_features: bool array (n,), documents without features (status
+                ``no_features``); None when there are none.
         """
-        row = np.asarray(clusters, np.int64) + 1
+        if no_features is not None and no_features.any():
+            self._count_no_features(doc_ids, texts, np.flatnonzero(no_features))
+            keep = pa.array(np.flatnonzero(~no_features))
+            doc_ids, texts = doc_ids.take(keep), texts.take(keep)
+            keep_rows = keep.to_numpy()
+            clusters, distance = clusters[keep_rows], distance[keep_rows]
+            anomaly, tfidf = anomaly[keep_rows], tfidf[keep_rows]
+        self._add(doc_ids, texts, np.asarray(clusters, np.int64), distance, anomaly, tfidf)
+
+    def _count_no_features(
+        self, doc_ids: pa.Array | pa.ChunkedArray, texts: pa.Array | pa.ChunkedArray, rows: NDArray
+    ) -> None:
+        self._n_no_features += len(rows)
+        for i in rows[: max(self.n_examples - len(self._no_features), 0)]:
+            self._no_features.append(Example(0.0, str(doc_ids[i].as_py()), str(texts[i].as_py())))
+
+    def _add(
+        self,
+        doc_ids: pa.Array | pa.ChunkedArray,
+        texts: pa.Array | pa.ChunkedArray,
+        clusters: NDArray[np.int64],
+        distance: NDArray[np.float32],
+        anomaly: NDArray[np.float32],
+        tfidf: sp.csr_matrix,
+    ) -> None:
+        """Sizes, keyword sums, representatives and outliers of documents with features."""
+        row = clusters + 1
         size = int(row.max()) + 1 if len(row) else 1
         self._sizes = _grow(self._sizes, size)
         self._anomaly = _grow(self._anomaly, size)
@@ -178,7 +245,7 @@ class ClusterDescriber:
         return ClusterSummary(
             cluster_id=cluster,
             size=size,
-            share=size / max(int(self._sizes.sum()), 1),
+            share=size / max(int(self._sizes.sum()) + self._n_no_features, 1),
             keywords=keywords,
             examples=sorted(entry[2] for entry in self._nearest[cluster]),
             mean_anomaly=float(self._anomaly[cluster + 1] / size),
@@ -207,4 +274,6 @@ class ClusterDescriber:
             ],
             n_outliers_flagged=self._n_flagged,
             anomaly_threshold=self.anomaly_threshold,
+            n_no_features=self._n_no_features,
+            no_features_examples=list(self._no_features),
         )
