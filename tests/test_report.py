@@ -22,6 +22,7 @@ import dask
 import numpy as np
 import pyarrow as pa
 import pytest
+from jinja2 import StrictUndefined
 from matplotlib.image import imread
 from sklearn import metrics as skm
 
@@ -60,8 +61,15 @@ STEPS = {
 }
 
 
-def _documents(topics: list[str], seed: int) -> list[tuple[str, str, str | None, int]]:
-    """(doc_id, text, label, cluster): 40 documents per topic, then 6 noise documents."""
+# Cluster marker of the synthetic documents without features (written as cluster -1).
+NO_FEATURES = -2
+
+
+def _documents(
+    topics: list[str], seed: int, n_no_features: int = 0
+) -> list[tuple[str, str, str | None, int]]:
+    """(doc_id, text, label, cluster): 40 documents per topic, 6 noise documents, then
+    `n_no_features` one-word documents whose word no other document has (min_df prunes it)."""
     rng = np.random.default_rng(seed)
     docs = []
     for cluster, topic in enumerate(topics):
@@ -72,63 +80,92 @@ def _documents(topics: list[str], seed: int) -> list[tuple[str, str, str | None,
     docs[0] = (docs[0][0], HOSTILE, docs[0][2], docs[0][3])
     everything = [w for t in topics for w in TOPICS[t]]
     docs += [(f"noise-{i}", " ".join(rng.choice(everything, 5)), "mixed", -1) for i in range(6)]
+    docs += [(f"empty-{i}", f"hapax{i}", "mixed", NO_FEATURES) for i in range(n_no_features)]
     return [docs[i] for i in rng.permutation(len(docs))]
 
 
-def write_run(output_dir: Path, run_id: str, topics: list[str], n_parts: int, seed: int = 0):
-    """A completed run (corpus, features, embeddings, assignments, centroids) in `n_parts`."""
+def _status(cluster: int) -> str:
+    return {NO_FEATURES: "no_features", -1: "noise"}.get(cluster, "clustered")
+
+
+def write_run(
+    output_dir: Path,
+    run_id: str,
+    topics: list[str],
+    n_parts: int,
+    seed: int = 0,
+    *,
+    n_no_features: int = 0,
+    labelled: bool = True,
+    legacy: bool = False,
+):
+    """A completed run (corpus, features, embeddings, assignments, centroids) in `n_parts`.
+
+    Documents without features get what the embed step gives them (one shared vector, the
+    highest anomaly score) and cluster -1 with status ``no_features``. `legacy` writes the
+    datasets as runs did before ``has_features`` and ``status`` existed.
+    """
     layout = RunLayout(output_dir, run_id)
-    docs = _documents(topics, seed)
+    docs = _documents(topics, seed, n_no_features)
     rng = np.random.default_rng(seed + 1)
-    clusters = np.array([d[3] for d in docs], np.int32)
+    marked = np.array([d[3] for d in docs], np.int32)
+    clusters = np.maximum(marked, -1)
     centers = np.stack([CENTERS[t] for t in topics])
     x = rng.normal(scale=0.5, size=(len(docs), 8)).astype(np.float32)
     x[clusters >= 0] += centers[clusters[clusters >= 0]]
+    x[marked == NO_FEATURES] = 0.25
     distance = np.linalg.norm(x - centers[np.maximum(clusters, 0)], axis=1).astype(np.float32)
-    anomaly = rng.random(len(docs)).astype(np.float32)
+    distance[marked == NO_FEATURES] = np.nan
+    anomaly = rng.random(len(docs)).astype(np.float32) * 0.9
+    anomaly[marked == NO_FEATURES] = 1.0
+    label_field = [pa.field(S.LABEL, pa.string())] if labelled else []
+    new_fields = {S.HAS_FEATURES, S.STATUS} if legacy else set()
+    emb_schema = pa.schema([f for f in S.embeddings_schema(8) if f.name not in new_fields])
+    assign_schema = pa.schema(
+        [f for f in S.ASSIGNMENTS_SCHEMA if f.name not in new_fields] + label_field
+    )
     for folder in (layout.corpus, layout.embeddings, layout.assignments):
         folder.mkdir(parents=True)
     for index, rows in enumerate(np.array_split(np.arange(len(docs)), n_parts)):
-        ids = pa.array([docs[i][0] for i in rows])
-        labels = pa.array([docs[i][2] for i in rows], pa.string())
-        corpus = pa.Table.from_arrays(
-            [
-                ids,
-                pa.array([docs[i][1] for i in rows]),
-                pa.array(["synthetic"] * len(rows)),
-                pa.array(rows, pa.int64()),
-                pa.array([False] * len(rows)),
-                labels,
-            ],
-            schema=pa.schema([*S.CORPUS_FIELDS, pa.field(S.LABEL, pa.string())]),
-        )
-        write_part(corpus, layout.corpus, index)
-        embeddings = pa.Table.from_arrays(
-            [
-                ids,
-                pa.FixedSizeListArray.from_arrays(pa.array(x[rows].ravel()), 8),
-                pa.array(anomaly[rows]),
-            ],
-            schema=S.embeddings_schema(8),
-        )
-        write_part(embeddings, layout.embeddings, index)
-        assignments = pa.Table.from_arrays(
-            [
-                ids,
-                pa.array(clusters[rows]),
-                pa.array(distance[rows]),
-                pa.array(np.ones(len(rows), np.float32)),
-                pa.array([run_id] * len(rows)),
-                labels,
-            ],
-            schema=S.ASSIGNMENTS_SCHEMA.append(pa.field(S.LABEL, pa.string())),
-        )
-        write_part(assignments, layout.assignments, index)
+        ids = [docs[i][0] for i in rows]
+        labels = {S.LABEL: [docs[i][2] for i in rows]} if labelled else {}
+        corpus = {
+            S.DOC_ID: ids,
+            S.TEXT: [docs[i][1] for i in rows],
+            S.SOURCE: ["synthetic"] * len(rows),
+            S.ROW: rows,
+            S.TRUNCATED: [False] * len(rows),
+            **labels,
+        }
+        corpus_schema = pa.schema([*S.CORPUS_FIELDS, *label_field])
+        write_part(pa.table(corpus, schema=corpus_schema), layout.corpus, index)
+        embeddings = {
+            S.DOC_ID: ids,
+            S.EMBEDDING: pa.FixedSizeListArray.from_arrays(pa.array(x[rows].ravel()), 8),
+            S.ANOMALY: anomaly[rows],
+            S.HAS_FEATURES: marked[rows] != NO_FEATURES,
+        }
+        write_part(_table(embeddings, emb_schema), layout.embeddings, index)
+        assignments = {
+            S.DOC_ID: ids,
+            S.CLUSTER_ID: clusters[rows],
+            S.DISTANCE: distance[rows],
+            S.CONFIDENCE: np.where(marked[rows] == NO_FEATURES, 0, 1).astype(np.float32),
+            S.RUN_ID: [run_id] * len(rows),
+            S.STATUS: [_status(c) for c in marked[rows]],
+            **labels,
+        }
+        write_part(_table(assignments, assign_schema), layout.assignments, index)
     # Dask bags default to a process pool; a synchronous scheduler keeps tiny runs fast.
     with dask.config.set(scheduler="synchronous"):
         compute_features(layout.corpus, layout.features, layout.models, CONFIG.preprocess)
     np.save(layout.models / "centroids.npy", centers)
     return layout, docs, distance
+
+
+def _table(columns: dict, schema: pa.Schema) -> pa.Table:
+    """The columns that `schema` names, in its order and types."""
+    return pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +174,12 @@ def report(tmp_path_factory: pytest.TempPathFactory):
     (cooking, astronomy, gardening) reported against it."""
     output = tmp_path_factory.mktemp("runs")
     first, _, _ = write_run(output, "run-1", ["cooking", "astronomy", "football"], n_parts=1)
-    build_report(first, CONFIG, STEPS)
+    build_report(first, CONFIG, STEPS, undefined=StrictUndefined)
     mark_latest(first)
     second, docs, distance = write_run(
         output, "run-2", ["cooking", "astronomy", "gardening"], n_parts=3, seed=1
     )
-    return build_report(second, CONFIG, STEPS), second, docs, distance
+    return build_report(second, CONFIG, STEPS, undefined=StrictUndefined), second, docs, distance
 
 
 def test_keywords_are_the_topic_words_6(report) -> None:
@@ -194,7 +231,9 @@ def test_metrics_json_contract_and_label_scores_6(report) -> None:
     assert written["n_labelled"] == len(labelled)
     assert written["sample_sizes"]["internal_metrics"] == len(docs)
     assert written["sample_sizes"]["internal_metrics_clustered"] == len(docs) - 6
-    assert written["timings"] == {"ingest": 0.5, "cluster": 0.25}
+    # The report times itself too (issue 22: the timings table omitted the report step).
+    report_seconds = written["timings"].pop("report")
+    assert written["timings"] == {"ingest": 0.5, "cluster": 0.25} and report_seconds > 0
     assert [c["size"] for c in written["clusters"]] == [40, 40, 40]
 
 
@@ -246,16 +285,62 @@ def _copy_runs(report, tmp_path: Path) -> RunLayout:
     return RunLayout(tmp_path / "output", layout.run_id)
 
 
+def _recluster(layout: RunLayout, previous_models: Path) -> None:
+    """Cluster the run's embeddings again with the real clustering step, following
+    `previous_models`, so that ``models/alignment.json`` is what that step writes."""
+    from udl.cluster.assign import cluster_embeddings
+    from udl.config import ClusterConfig
+
+    shutil.rmtree(layout.assignments)
+    config = ClusterConfig(k=3, metric="l2", spherical=False)
+    cluster_embeddings(
+        layout.embeddings,
+        layout.corpus,
+        layout.assignments,
+        layout.models,
+        config,
+        layout.run_id,
+        0,
+        previous_models,
+    )
+
+
 def test_alignment_json_decides_the_pairs_6(report, tmp_path: Path) -> None:
     layout = _copy_runs(report, tmp_path)
-    # Pretend the clustering step aligned run-2's gardening cluster (id 2) with football.
-    alignment = {"previous_run_id": "run-1", "mapping": {"0": 0, "1": 1, "2": 2}}
-    (layout.models / "alignment.json").write_text(json.dumps(alignment))
-    result = build_report(layout, CONFIG, STEPS, previous=RunLayout(layout.output_dir, "run-1"))
+    first = RunLayout(layout.output_dir, "run-1")
+    _recluster(layout, first.models)
+    assert json.loads((layout.models / "alignment.json").read_text())["status"] == "aligned"
+    result = build_report(layout, CONFIG, STEPS, previous=first)
     comparison = result.metrics["comparison"]
     assert comparison["matched_by"] == "alignment"
-    assert (comparison["appeared"], comparison["vanished"]) == ([], [])
-    assert [m["cluster_id"] for m in comparison["moved"]] == [2]
+    assert [c["keywords"][0] in TOPICS["gardening"] for c in comparison["appeared"]] == [True]
+    assert [c["keywords"][0] in TOPICS["football"] for c in comparison["vanished"]] == [True]
+
+
+def test_alignment_with_another_run_is_ignored_22(report, tmp_path: Path) -> None:
+    """alignment.json names the run it followed by ``previous_models``; one made against
+    another run must not decide this comparison's pairs."""
+    layout = _copy_runs(report, tmp_path)
+    other = RunLayout(layout.output_dir, "run-0")
+    other.models.mkdir(parents=True)
+    shutil.copyfile(layout.models / "centroids.npy", other.models / "centroids.npy")
+    _recluster(layout, other.models)
+    result = build_report(layout, CONFIG, STEPS, previous=RunLayout(layout.output_dir, "run-1"))
+    assert result.metrics["comparison"]["matched_by"] == "centroids"
+
+
+def test_skipped_alignment_falls_back_to_centroids_22(report, tmp_path: Path) -> None:
+    """The clustering step records a skipped alignment (no mapping) when the previous run's
+    centroids cannot be used, e.g. another embedding dimension."""
+    layout = _copy_runs(report, tmp_path)
+    first = RunLayout(layout.output_dir, "run-1")
+    np.save(first.models / "centroids.npy", np.eye(3, 4, dtype=np.float32))
+    _recluster(layout, first.models)
+    record = json.loads((layout.models / "alignment.json").read_text())
+    assert record["status"] == "skipped" and "mapping" not in record
+    result = build_report(layout, CONFIG, STEPS, previous=first)
+    assert result.metrics["comparison"]["matched_by"] == "none"
+    assert "Clusters not compared" in result.html_path.read_text()
 
 
 def test_map_uses_umap_when_installed_6(

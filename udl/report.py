@@ -11,29 +11,43 @@ network to view.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow.parquet as pq
-from jinja2 import Environment, PackageLoader
+from jinja2 import Environment, PackageLoader, Undefined
 from numpy.typing import NDArray
 
-from udl import schema as S
 from udl.config import PipelineConfig
 from udl.describe import ClusterDescriber, Description
 from udl.evaluate import (
     Contingency,
-    ContingencyCounter,
     InternalScores,
     compare_runs,
     contingency_scores,
     internal_scores,
 )
-from udl.features import read_csr, read_vocabulary
-from udl.figures import figure_confusion, figure_map, figure_silhouette, figure_sizes
-from udl.storage import RunLayout, dataset_parts, read_json, sample_rows, write_json_atomic
+from udl.features import read_vocabulary
+from udl.figures import (
+    WIDE_INCHES,
+    plot_confusion,
+    plot_map,
+    plot_silhouette,
+    plot_sizes,
+    to_png,
+)
+from udl.report_inputs import (
+    NO_FEATURES_REASON,
+    Sample,
+    read_alignment,
+    read_centroids,
+    read_sample,
+    rejects_by_reason,
+    stream_parts,
+)
+from udl.storage import RunLayout, read_json, write_json_atomic
 
 __all__ = ["ReportResult", "build_report", "previous_run"]
 
@@ -50,18 +64,6 @@ METRIC_NOTES = {
     "homogeneity": "each cluster holds one label, 0…1",
     "completeness": "each label sits in one cluster, 0…1",
 }
-# The clustering step's centroids (udl.cluster.assign.CENTROIDS_FILE), named here rather than
-# imported so that the report does not load FAISS and the clustering code.
-CENTROIDS_FILE = "centroids.npy"
-
-
-@dataclass(frozen=True)
-class _Sample:
-    """A seeded sample of documents: embeddings (n, dim), their cluster ids and anomaly scores."""
-
-    x: NDArray[np.float32]
-    clusters: NDArray[np.int64]
-    anomaly: NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class ReportResult:
                 f"({m['algorithm']}, {m['metric']}); {m['n_rejected']} rows rejected."
             ),
             "",
+            *(["**Warnings:**", *(f"- {w}" for w in m["warnings"]), ""] if m["warnings"] else []),
             "| metric | value | change since previous run |",
             "| --- | --- | --- |",
         ]
@@ -150,46 +153,15 @@ def previous_run(layout: RunLayout) -> RunLayout | None:
     return previous
 
 
-def _read_sample(layout: RunLayout, size: int, seed: int) -> _Sample:
-    """Reads only the sampled rows' embedding, anomaly and cluster columns, part by part."""
-    emb_parts, assign_parts = dataset_parts(layout.embeddings), dataset_parts(layout.assignments)
-    xs, clusters, anomaly = [], [], []
-    for i, rows in sample_rows(emb_parts, size, seed):
-        emb = pq.read_table(emb_parts[i], columns=[S.EMBEDDING, S.ANOMALY]).take(rows)
-        vectors = emb.column(S.EMBEDDING).combine_chunks()
-        xs.append(vectors.flatten().to_numpy().reshape(len(rows), vectors.type.list_size))
-        anomaly.append(emb.column(S.ANOMALY).to_numpy())
-        assign = pq.read_table(assign_parts[i], columns=[S.CLUSTER_ID]).take(rows)
-        clusters.append(assign.column(S.CLUSTER_ID).to_numpy().astype(np.int64))
-    return _Sample(np.concatenate(xs), np.concatenate(clusters), np.concatenate(anomaly))
-
-
-def _stream(layout: RunLayout, describer: ClusterDescriber, n_features: int) -> Contingency | None:
-    """One pass over the aligned parts; returns the label contingency of labelled runs."""
-    assign_parts = dataset_parts(layout.assignments)
-    has_label = S.LABEL in pq.read_schema(assign_parts[0]).names
-    counter = ContingencyCounter() if has_label else None
-    columns = [S.DOC_ID, S.CLUSTER_ID, S.DISTANCE] + ([S.LABEL] if has_label else [])
-    for assign_part, corpus_part, features_part, emb_part in zip(
-        assign_parts,
-        dataset_parts(layout.corpus),
-        dataset_parts(layout.features),
-        dataset_parts(layout.embeddings),
-        strict=True,
-    ):
-        assign = pq.read_table(assign_part, columns=columns)
-        clusters = assign.column(S.CLUSTER_ID).to_numpy()
-        describer.update(
-            doc_ids=assign.column(S.DOC_ID),
-            texts=pq.read_table(corpus_part, columns=[S.TEXT]).column(S.TEXT),
-            clusters=clusters,
-            distance=assign.column(S.DISTANCE).to_numpy(),
-            anomaly=pq.read_table(emb_part, columns=[S.ANOMALY]).column(S.ANOMALY).to_numpy(),
-            tfidf=read_csr(pq.read_table(features_part, columns=[S.INDICES, S.VALUES]), n_features),
-        )
-        if counter is not None:
-            counter.update(assign.column(S.LABEL), clusters)
-    return counter.result() if counter is not None else None
+def _warnings(steps: dict[str, dict[str, Any]], own: list[str]) -> list[str]:
+    """Every step's warnings (contract: a step record's ``warnings``), then the report's own,
+    each once and in order; the report's own are logged here."""
+    for warning in own:
+        log.warning("%s", warning)
+    seen: dict[str, None] = {}
+    for record in [*steps.values(), {"warnings": own}]:
+        seen.update(dict.fromkeys(record.get("warnings") or []))
+    return list(seen)
 
 
 def _anomaly_threshold(sample: NDArray[np.float32], fraction: float) -> float:
@@ -226,59 +198,61 @@ MATCHED_BY = {
 }
 
 
+def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(name, value, about) of each metric present; a missing value says why it is missing."""
+    rows = []
+    for name, note in METRIC_NOTES.items():
+        if name not in metrics:
+            continue
+        value = metrics[name]
+        if value is None and metrics.get("internal_metrics_reason"):
+            note = f"not computed: {metrics['internal_metrics_reason']}"
+        rows.append((name, _fmt(value), note))
+    return rows
+
+
+@dataclass(frozen=True)
+class _Figure:
+    """One figure of the report: caption, base64 PNG, and whether it spans the page width."""
+
+    caption: str
+    png: str
+    wide: bool
+
+
 def _render(
     result: ReportResult,
-    figures: list[tuple[str, str]],
+    figures: list[_Figure],
     silhouettes: dict[int, float],
-    outlier_fraction: float,
+    config: PipelineConfig,
+    undefined: type[Undefined],
 ) -> None:
     """Write the HTML with autoescaping on (document text is untrusted)."""
     metrics, comparison = result.metrics, result.metrics.get("comparison")
-    env = Environment(loader=PackageLoader("udl", "templates"), autoescape=True)
+    candidates = metrics["selection"].get("candidates", [])
+    env = Environment(
+        loader=PackageLoader("udl", "templates"), autoescape=True, undefined=undefined
+    )
     env.filters["fmt"] = _fmt
     html = env.get_template("report.html").render(
         run_id=result.run_id,
         metrics=metrics,
         headline=HEADLINE,
-        metric_rows=[
-            (name, _fmt(metrics.get(name)), note)
-            for name, note in METRIC_NOTES.items()
-            if name in metrics
-        ],
-        selection=metrics["selection"].get("candidates", []),
+        metric_rows=_metric_rows(metrics),
+        selection=candidates,
+        selection_columns=list(dict.fromkeys(name for c in candidates for name in c)),
         comparison=comparison,
         delta_rows=_delta_rows(comparison) if comparison else [],
         matched_by_text=MATCHED_BY[comparison["matched_by"] if comparison else "none"],
         figures=figures,
         description=result.description,
         silhouettes=silhouettes,
-        outlier_fraction=outlier_fraction,
+        outlier_fraction=config.report.outlier_fraction,
+        no_features_reason=NO_FEATURES_REASON,
     )
     tmp = result.html_path.with_suffix(".tmp")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(result.html_path)
-
-
-def _read_alignment(layout: RunLayout, previous_run_id: str) -> dict[int, int | None] | None:
-    """The clustering step's ``models/alignment.json`` when it aligns with `previous_run_id`.
-
-    Expected content: ``{"previous_run_id": "...", "mapping": {"<current id>": <previous id or
-    null>}}``; an alignment made against another run is ignored.
-    """
-    path = layout.models / "alignment.json"
-    if not path.exists():
-        return None
-    alignment = read_json(path)
-    if alignment.get("previous_run_id", previous_run_id) != previous_run_id:
-        log.info("alignment.json is against run %s, not the previous one", previous_run_id)
-        return None
-    return {int(c): None if p is None else int(p) for c, p in alignment["mapping"].items()}
-
-
-def _centroids(layout: RunLayout) -> NDArray[np.float32]:
-    """A run's centroids (k, dim); an empty (0, 0) array when the run has none saved."""
-    path = layout.models / CENTROIDS_FILE
-    return np.load(path) if path.exists() else np.zeros((0, 0), np.float32)
 
 
 def _compare(layout: RunLayout, previous: RunLayout, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -286,42 +260,44 @@ def _compare(layout: RunLayout, previous: RunLayout, metrics: dict[str, Any]) ->
     return compare_runs(
         read_json(previous.report / "metrics.json"),
         metrics,
-        _centroids(previous),
-        _centroids(layout),
-        _read_alignment(layout, previous.run_id),
+        read_centroids(previous),
+        read_centroids(layout),
+        read_alignment(layout, previous),
     ) | {"previous_run_id": previous.run_id}
 
 
 def _figures(
     description: Description,
-    sample: _Sample,
+    sample: Sample,
     scores: InternalScores,
     contingency: Contingency | None,
     config: PipelineConfig,
     metric: str,
-) -> tuple[list[tuple[str, str]], int]:
-    """(caption, base64 PNG) of every figure, and how many documents the map shows."""
+) -> tuple[list[_Figure], int]:
+    """Every figure, and how many documents the map shows."""
     seed = config.runtime.seed
     size = min(config.report.map_sample, len(sample.x))
     on_map = np.sort(np.random.default_rng(seed).choice(len(sample.x), size, replace=False))
-    figures = [
-        ("Cluster sizes (all documents)", figure_sizes(description)),
+    clusters = description.clusters
+    plots = [
+        (
+            "Cluster sizes (all documents)",
+            plot_sizes([c.cluster_id for c in clusters], [c.size for c in clusters]),
+        ),
         (
             "2-D map of a sample of embeddings",
-            figure_map(sample.x[on_map], sample.clusters[on_map], metric, seed),
+            plot_map(sample.x[on_map], sample.clusters[on_map], metric, seed),
         ),
     ]
     if scores.silhouette is not None:
-        figures.append(
-            (
-                "Silhouette per cluster (sample)",
-                figure_silhouette(scores.labels, scores.silhouettes),
-            )
+        plots.append(
+            ("Silhouette per cluster (sample)", plot_silhouette(scores.labels, scores.silhouettes))
         )
     if contingency is not None and contingency.counts.size:
-        figures.append(
-            ("Labels × clusters (all labelled documents)", figure_confusion(contingency))
-        )
+        plots.append(("Labels × clusters (all labelled documents)", plot_confusion(contingency)))
+    figures = [
+        _Figure(caption, to_png(fig), fig.get_figwidth() >= WIDE_INCHES) for caption, fig in plots
+    ]
     return figures, size
 
 
@@ -330,29 +306,35 @@ def build_report(
     config: PipelineConfig,
     steps: dict[str, dict[str, Any]],
     previous: RunLayout | Literal["latest"] | None = "latest",
+    undefined: type[Undefined] = Undefined,
 ) -> ReportResult:
     """Evaluate a finished run, write ``report/metrics.json`` and ``report/index.html``.
 
     Args:
         layout: the run's folders.
         config: the run's configuration.
-        steps: step records (ingest … cluster) with their ``seconds`` and chosen values.
+        steps: step records (ingest … cluster) with their ``seconds``, chosen values and
+            ``warnings``.
         previous: the run to compare with; ``"latest"`` looks it up (`previous_run`), so call
             this before the run marks itself latest; None compares with nothing.
+        undefined: what the template does with a missing value; tests pass
+            `jinja2.StrictUndefined` so that one fails there rather than in front of a user.
 
     Returns:
         The metrics written, the cluster description and the paths of both files.
     """
+    started = time.perf_counter()
     report, metric = config.report, steps["cluster"]["metric"]
-    sample = _read_sample(layout, report.metrics_sample, config.runtime.seed)
+    sample = read_sample(layout, report.metrics_sample, config.runtime.seed)
     scores = internal_scores(sample.x, sample.clusters, metric)
     threshold = _anomaly_threshold(sample.anomaly, report.outlier_fraction)
     describer = ClusterDescriber(
         config.preprocess.n_features, threshold, report.n_examples, report.n_outlier_examples
     )
-    contingency = _stream(layout, describer, config.preprocess.n_features)
+    contingency = stream_parts(layout, describer, config.preprocess.n_features)
     description = describer.result(read_vocabulary(layout.models), report.n_keywords)
     metrics = _metrics(description, scores, contingency, steps)
+    metrics["rejects_by_reason"] = rejects_by_reason(layout, steps["ingest"])
     figures, map_size = _figures(description, sample, scores, contingency, config, metric)
     metrics["sample_sizes"] = {
         "internal_metrics": len(sample.x),
@@ -365,6 +347,10 @@ def build_report(
     previous_layout = previous_run(layout) if previous == "latest" else previous
     if previous_layout is not None:
         metrics["comparison"] = _compare(layout, previous_layout, metrics)
+    own = [f"Internal scores are not computed: {scores.reason}."] if scores.reason else []
+    metrics["warnings"] = _warnings(steps, own)
+    # The report's own time, up to its HTML: the timings table would otherwise miss a step.
+    metrics["timings"]["report"] = time.perf_counter() - started
     result = ReportResult(
         layout.run_id,
         metrics,
@@ -373,7 +359,7 @@ def build_report(
         layout.report / "metrics.json",
     )
     write_json_atomic(result.metrics_path, metrics)
-    _render(result, figures, scores.per_cluster(), report.outlier_fraction)
+    _render(result, figures, scores.per_cluster(), config, undefined)
     log.info("report written to %s", layout.report)
     return result
 
@@ -386,16 +372,17 @@ def _metrics(
 ) -> dict[str, Any]:
     """The metrics.json content that does not depend on the figures or the previous run."""
     cluster = steps["cluster"]
-    n_noise = description.noise.size if description.noise else 0
     silhouettes = scores.per_cluster()
     metrics: dict[str, Any] = {
-        "n_docs": sum(c.size for c in description.clusters) + n_noise,
+        "n_docs": description.n_docs,
         "n_clusters": len(description.clusters),
-        "n_noise": n_noise,
+        "n_noise": description.noise.size if description.noise else 0,
+        "n_no_features": description.n_no_features,
         "n_rejected": steps["ingest"]["rows_rejected"],
         **{key: cluster.get(key) for key in ("algorithm", "metric", "k", "eps", "min_samples")},
         "selection": cluster.get("selection", {}),
         **scores.as_dict(),
+        "internal_metrics_reason": scores.reason,
         "outliers": {
             "n_flagged": description.n_outliers_flagged,
             "anomaly_threshold": (

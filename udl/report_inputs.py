@@ -1,0 +1,194 @@
+"""What the report reads from a run folder, part by part, never the whole corpus.
+
+A seeded sample of embeddings (`read_sample`), one streamed pass over the aligned parts
+(`stream_parts`), rejected rows by reason (`rejects_by_reason`) and the clustering step's
+cluster-id alignment (`read_alignment`). Documents whose status is ``no_features`` (contract
+with the clustering step) are kept out of everything computed from vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from numpy.typing import NDArray
+
+from udl import schema as S
+from udl.describe import ClusterDescriber
+from udl.evaluate import Contingency, ContingencyCounter
+from udl.features import read_csr
+from udl.storage import RunLayout, dataset_parts, read_json, sample_rows
+
+__all__ = [
+    "NO_FEATURES_REASON",
+    "Sample",
+    "read_alignment",
+    "read_centroids",
+    "read_sample",
+    "rejects_by_reason",
+    "stream_parts",
+]
+
+log = logging.getLogger(__name__)
+
+# The clustering step's files (udl.cluster.assign.CENTROIDS_FILE, ALIGNMENT_FILE), named here
+# rather than imported so that the report does not load FAISS and the clustering code.
+CENTROIDS_FILE = "centroids.npy"
+ALIGNMENT_FILE = "alignment.json"
+NO_FEATURES_REASON = (
+    "every token of the text was dropped (empty after normalisation, stop words only, or words "
+    "rarer than preprocess.min_df), so the TF-IDF encoders have nothing to embed; they are in "
+    "no cluster"
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A seeded sample of documents: embeddings (n, dim), their cluster ids and anomaly scores."""
+
+    x: NDArray[np.float32]
+    clusters: NDArray[np.int64]
+    anomaly: NDArray[np.float32]
+
+
+def _no_features(table: pa.Table) -> NDArray[np.bool_] | None:
+    """Which rows of an assignments table have status no_features.
+
+    None for runs older than the status column: every one of their documents was embedded and
+    clustered, so their status follows from the cluster id (-1 is noise).
+    """
+    if S.STATUS not in table.column_names:
+        return None
+    return pc.fill_null(pc.equal(table.column(S.STATUS), S.NO_FEATURES), False).to_numpy(
+        zero_copy_only=False
+    )
+
+
+def _assignment_columns(part: Path, wanted: list[str]) -> list[str]:
+    names = pq.read_schema(part).names
+    return wanted + [name for name in (S.STATUS, S.LABEL) if name in names]
+
+
+def read_sample(layout: RunLayout, size: int, seed: int) -> Sample:
+    """Reads only the sampled rows' embedding, anomaly and cluster columns, part by part;
+    documents without features are left out (their vectors mean nothing)."""
+    emb_parts, assign_parts = dataset_parts(layout.embeddings), dataset_parts(layout.assignments)
+    xs, clusters, anomaly = [], [], []
+    for i, rows in sample_rows(emb_parts, size, seed):
+        assign = pq.read_table(
+            assign_parts[i], columns=_assignment_columns(assign_parts[i], [S.CLUSTER_ID])
+        ).take(rows)
+        no_features = _no_features(assign)
+        keep = np.ones(len(rows), bool) if no_features is None else ~no_features
+        emb = pq.read_table(emb_parts[i], columns=[S.EMBEDDING, S.ANOMALY]).take(rows[keep])
+        vectors = emb.column(S.EMBEDDING).combine_chunks()
+        xs.append(vectors.flatten().to_numpy().reshape(len(emb), vectors.type.list_size))
+        anomaly.append(emb.column(S.ANOMALY).to_numpy())
+        clusters.append(assign.column(S.CLUSTER_ID).to_numpy()[keep].astype(np.int64))
+    return Sample(np.concatenate(xs), np.concatenate(clusters), np.concatenate(anomaly))
+
+
+def stream_parts(
+    layout: RunLayout, describer: ClusterDescriber, n_features: int
+) -> Contingency | None:
+    """One pass over the aligned parts; returns the label contingency of labelled runs.
+
+    Documents without features count in the contingency as unclustered (with noise, -1), so
+    that a run does not score better for leaving documents out.
+    """
+    assign_parts = dataset_parts(layout.assignments)
+    columns = _assignment_columns(assign_parts[0], [S.DOC_ID, S.CLUSTER_ID, S.DISTANCE])
+    counter = ContingencyCounter() if S.LABEL in columns else None
+    for assign_part, corpus_part, features_part, emb_part in zip(
+        assign_parts,
+        dataset_parts(layout.corpus),
+        dataset_parts(layout.features),
+        dataset_parts(layout.embeddings),
+        strict=True,
+    ):
+        assign = pq.read_table(assign_part, columns=columns)
+        clusters = assign.column(S.CLUSTER_ID).to_numpy()
+        describer.update(
+            doc_ids=assign.column(S.DOC_ID),
+            texts=pq.read_table(corpus_part, columns=[S.TEXT]).column(S.TEXT),
+            clusters=clusters,
+            distance=assign.column(S.DISTANCE).to_numpy(),
+            anomaly=pq.read_table(emb_part, columns=[S.ANOMALY]).column(S.ANOMALY).to_numpy(),
+            tfidf=read_csr(pq.read_table(features_part, columns=[S.INDICES, S.VALUES]), n_features),
+            no_features=_no_features(assign),
+        )
+        if counter is not None:
+            counter.update(assign.column(S.LABEL), clusters)
+    return counter.result() if counter is not None else None
+
+
+def rejects_by_reason(layout: RunLayout, ingest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rejected rows by reason, most frequent first, each with its first example.
+
+    Counts come from the ingest step record (``rejected_by_reason``), or, for runs older than
+    it, from the ``reason`` column of ``rejects/``; examples are read part by part until every
+    reason has one.
+    """
+    counts: Counter[str] = Counter(ingest.get("rejected_by_reason") or {})
+    recorded = bool(counts)
+    examples: dict[str, dict[str, Any]] = {}
+    parts = dataset_parts(layout.rejects) if layout.rejects.is_dir() else []
+    for part in parts:
+        names = pq.read_schema(part).names
+        table = pq.read_table(
+            part, columns=[c for c in (S.REASON, S.DETAIL, S.ROW, S.LINE) if c in names]
+        )
+        reasons = table.column(S.REASON)
+        for reason in pc.unique(reasons).to_pylist():
+            if not recorded:
+                counts[reason] += int(pc.sum(pc.equal(reasons, reason)).as_py())
+            if reason not in examples:
+                first = table.slice(int(pc.index(reasons, reason).as_py()), 1).to_pylist()[0]
+                examples[reason] = first
+        if recorded and set(counts) <= set(examples):
+            break
+    return [
+        {
+            "reason": reason,
+            "count": count,
+            "example_detail": examples.get(reason, {}).get(S.DETAIL) or "",
+            "example_row": examples.get(reason, {}).get(S.ROW),
+            "example_line": examples.get(reason, {}).get(S.LINE),
+        }
+        for reason, count in counts.most_common()
+    ]
+
+
+def read_alignment(layout: RunLayout, previous: RunLayout) -> dict[int, int | None] | None:
+    """The clustering step's ``models/alignment.json`` when it aligned ids with `previous`.
+
+    The clustering step (``udl.cluster.assign``) records the run it followed as
+    ``previous_models`` (that run's ``models/`` folder) and ``status``: ``"aligned"`` with a
+    ``mapping`` (``{"<current id>": <previous id or null>}``), or ``"skipped"`` with a
+    ``reason`` and no mapping. Skipped alignments and alignments with another run are ignored.
+    """
+    path = layout.models / ALIGNMENT_FILE
+    if not path.exists():
+        return None
+    alignment = read_json(path)
+    against = alignment.get("previous_models")
+    if against is None or Path(against).parent.name != previous.run_id:
+        log.info("%s is not against run %s; matching centroids instead", path, previous.run_id)
+        return None
+    if alignment.get("status") != "aligned":
+        log.info("cluster ids were not aligned (%s); matching centroids", alignment.get("reason"))
+        return None
+    return {int(c): None if p is None else int(p) for c, p in alignment["mapping"].items()}
+
+
+def read_centroids(layout: RunLayout) -> NDArray[np.float32]:
+    """A run's centroids (k, dim); an empty (0, 0) array when the run has none saved."""
+    path = layout.models / CENTROIDS_FILE
+    return np.load(path) if path.exists() else np.zeros((0, 0), np.float32)
