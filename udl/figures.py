@@ -41,6 +41,8 @@ MAX_CONFUSION_CLUSTERS = 200
 # Beyond this many clusters a figure takes the page's full width (WIDE_INCHES at 100 dpi).
 WIDE_FROM = 30
 WIDE_INCHES = 10.5
+# Up to WIDE_FROM clusters, two figures side by side (each half the page, ~550 px) unscaled.
+NARROW_INCHES = 5.0
 MAX_MAP_LABELS = 80
 TICK_FONT = 7
 # Pixels kept free between two neighbouring tick labels.
@@ -62,7 +64,7 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _width(n: int) -> float:
-    return WIDE_INCHES if n > WIDE_FROM else 6.0
+    return WIDE_INCHES if n > WIDE_FROM else NARROW_INCHES
 
 
 def _overlaps(box: Bbox, kept: Sequence[Bbox]) -> bool:
@@ -152,7 +154,7 @@ def plot_map(x: NDArray[np.float32], clusters: NDArray[np.int64], metric: str, s
     """
     points, method = _project(x, metric, seed)
     k = len(np.unique(clusters[clusters >= 0]))
-    fig = _figure(WIDE_INCHES, 8) if k > WIDE_FROM else _figure(6, 5)
+    fig = _figure(WIDE_INCHES, 8) if k > WIDE_FROM else _figure(NARROW_INCHES, 4.4)
     ax = fig.subplots()
     noise = clusters < 0
     if noise.any():
@@ -164,7 +166,7 @@ def plot_map(x: NDArray[np.float32], clusters: NDArray[np.int64], metric: str, s
     shown = _label_medians(fig, ax, points, clusters)
     labelled = "every cluster" if shown == k else f"the {shown} largest of {k} clusters"
     ax.set_title(
-        f"Embedding map ({method}, {len(x)} documents); numbers: id of {labelled} at its median",
+        f"Embedding map ({method}, {len(x)} documents)\nnumbers: id of {labelled} at its median",
         fontsize=9,
     )
     return fig
@@ -242,7 +244,7 @@ def plot_confusion(contingency: Contingency) -> Figure:
     shares = counts[np.ix_(rows, cols)].astype(np.float64)
     shares /= np.maximum(shares.sum(axis=1, keepdims=True), 1)
     n_rows, n_cols = shares.shape
-    fig = _figure(_width(n_cols), max(3.0, 0.17 * n_rows + 1.6))
+    fig = _figure(_width(max(n_cols, n_rows)), max(3.0, 0.17 * n_rows + 1.6))
     ax = fig.subplots()
     image = ax.imshow(shares, aspect="auto", cmap="Blues", vmin=0, vmax=1, interpolation="none")
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)

@@ -2,10 +2,12 @@
 
 Memory does not grow with the corpus: one seeded sample (``report.metrics_sample`` documents)
 feeds the internal scores, the map, the silhouette plot and the anomaly threshold; everything
-else (sizes, keywords, representatives, outliers, label scores) comes from one streamed pass
-over the run's aligned parts. The HTML (template ``udl/templates/report.html``) inlines its
-CSS and figures (`udl.figures`), is autoescaped (document text is untrusted) and needs no
-network to view.
+else (sizes, keywords, representatives, outliers, label scores, rejects by reason) comes from
+one streamed pass over the run's parts (`udl.report_inputs`). Documents without features
+(status ``no_features``) are counted and shown apart, never as representatives or outliers.
+Every step's ``warnings`` and the report's own open the page as a banner and go to
+metrics.json. The HTML (template ``udl/templates/report.html``) inlines its CSS and figures
+(`udl.figures`), is autoescaped (document text is untrusted) and needs no network to view.
 """
 
 from __future__ import annotations
