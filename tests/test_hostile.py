@@ -75,7 +75,9 @@ def _read(folder: Path) -> list[dict[str, Any]]:
 
 def _ingest(path: Path, **options: Any) -> Ingested:
     out = Path(tempfile.mkdtemp(dir=path.parent, prefix="out-"))
-    result = ingest(InputConfig(path=str(path), **options), out / "corpus", out / "rejects")
+    # An empty corpus is an error (see test_ingest_empty.py); here every row's fate is checked.
+    config = InputConfig(path=str(path), **options)
+    result = ingest(config, out / "corpus", out / "rejects", allow_empty=True)
     ingested = Ingested(result, _read(out / "corpus"), _read(out / "rejects"))
     _assert_conserved(ingested)
     return ingested
@@ -92,6 +94,9 @@ def _assert_conserved(ingested: Ingested) -> None:
     assert result.rows_ingested == len(ingested.corpus)
     assert result.rows_rejected == len(ingested.rejects)
     assert all(r[S.REASON] for r in ingested.rejects)
+    for reject in ingested.rejects:  # every reject says what is wrong, and where (issue 22)
+        assert reject[S.DETAIL], reject
+        assert (reject[S.LINE] is None) == (".parquet" in reject[S.SOURCE]), reject
     ids = [r[S.DOC_ID] for r in ingested.corpus]
     assert len(ids) == len(set(ids)), "a doc_id was ingested twice"
 

@@ -35,7 +35,6 @@ import dask.bag as db
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from numpy.typing import NDArray
 
 from udl import schema as S
 from udl.config import InputConfig
@@ -43,7 +42,14 @@ from udl.errors import ConfigError, InputDataError
 from udl.parallel import compute
 from udl.readers import Source, read_source, resolve_sources
 from udl.storage import PartWriter, atomic_dir, dataset_parts, write_part
-from udl.validation import SeenIds, Validator, first_valid_length
+from udl.validation import (
+    KeptDocs,
+    SeenIds,
+    Validator,
+    describe_record,
+    duplicate_error,
+    first_valid_length,
+)
 
 __all__ = ["IngestResult", "SourceCounts", "ingest", "resolve_sources"]
 
@@ -88,7 +94,7 @@ class _Chunk:
     per_source: dict[str, SourceCounts]
     reasons: Counter[str]
     truncated: int
-    kept: NDArray[np.uint64]  # hash of each staged doc_id, in corpus order
+    kept: KeptDocs  # each staged document's id hash, source, row and line, in corpus order
 
 
 def _chunks(sources: list[Source]) -> list[list[Source]]:
@@ -129,45 +135,45 @@ def _ingest_chunk(
                 counts.read += good.num_rows + rejects.num_rows
         corpus_out.close()
         rejects_out.close()
-    kept = np.concatenate([np.empty(0, np.uint64), *validate.kept])
-    return _Chunk(folder, sources, per_source, reasons, validate.truncated, kept)
+    return _Chunk(folder, sources, per_source, reasons, validate.truncated, validate.kept)
 
 
-def _reject_repeats(chunk: _Chunk, positions: NDArray[np.int64], config: InputConfig) -> None:
-    """Step 2 for one chunk: move the staged rows at `positions` (ids an earlier chunk kept)
-    to its rejects as `duplicate_id`, or raise under `duplicate_ids="error"`."""
+def _reject_repeats(chunk: _Chunk, repeats: dict[int, str], config: InputConfig) -> None:
+    """Step 2 for one chunk: move the staged rows at the positions of `repeats` (ids an earlier
+    chunk kept; each with the place of that first row) to its rejects as `duplicate_id`, or
+    raise under `duplicate_ids="error"`."""
     urls = {source.name: source.url for source in chunk.sources}
+    positions = np.array(sorted(repeats), dtype=np.int64)
     rejects_dir = chunk.folder / "rejects"
     offset = 0
     for index, part in enumerate(dataset_parts(chunk.folder / "corpus")):
         table = pq.read_table(part)
-        local = positions[(positions >= offset) & (positions < offset + table.num_rows)] - offset
-        offset += table.num_rows
+        at = positions[(positions >= offset) & (positions < offset + table.num_rows)]
+        local, offset = at - offset, offset + table.num_rows
         if not len(local):
             continue
-        repeats = table.take(pa.array(local)).to_pylist()
-        first = repeats[0]
-        if config.duplicate_ids == "error":
-            raise InputDataError(
-                urls[first[S.SOURCE]],
-                f"duplicate doc_id {first[S.DOC_ID]!r}; remove the repeat or set "
-                "input.duplicate_ids='reject' to keep the first row and reject the others",
-                row=first[S.ROW],
-            )
-        keep = np.ones(table.num_rows, dtype=bool)
-        keep[local] = False
-        write_part(table.filter(pa.array(keep)), part.parent, index)
         records = [
             {
                 S.SOURCE: urls[r[S.SOURCE]],
                 S.ROW: r[S.ROW],
+                S.LINE: chunk.kept.where(position)[2],
                 S.DOC_ID: r[S.DOC_ID],
                 S.REASON: "duplicate_id",
-                S.DETAIL: "id kept from an earlier file",
+                S.DETAIL: f"doc_id {r[S.DOC_ID]!r} repeats {repeats[position]}",
                 S.RAW: r[S.TEXT],
             }
-            for r in repeats
+            for r, position in zip(
+                table.take(pa.array(local)).to_pylist(), at.tolist(), strict=True
+            )
         ]
+        if config.duplicate_ids == "error":
+            first = records[0]
+            raise duplicate_error(
+                first[S.SOURCE], first[S.DOC_ID], first[S.ROW], first[S.LINE], repeats[int(at[0])]
+            )
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[local] = False
+        write_part(table.filter(pa.array(keep)), part.parent, index)
         write_part(
             pa.Table.from_pylist(records, schema=S.REJECTS_SCHEMA),
             rejects_dir,
@@ -178,6 +184,26 @@ def _reject_repeats(chunk: _Chunk, positions: NDArray[np.int64], config: InputCo
             counts.ingested -= 1
             counts.rejected += 1
         chunk.reasons["duplicate_id"] += len(records)
+
+
+def _find_repeats(chunks: list[_Chunk]) -> list[dict[int, str]]:
+    """Step 2's search: per chunk, the staged positions whose id an earlier chunk kept, each
+    with the place of that first row (``row 3 (line 4) of a.csv``)."""
+    seen = SeenIds()
+    starts = np.cumsum([0, *(chunk.kept.count for chunk in chunks)])
+    found: list[dict[int, str]] = []
+    for index, chunk in enumerate(chunks):
+        hashes = chunk.kept.all_hashes()
+        earlier = seen.find(hashes)
+        new = np.flatnonzero(earlier < 0)
+        seen.add(hashes[new], starts[index] + new)
+        repeats = {}
+        for at in np.flatnonzero(earlier >= 0).tolist():
+            owner = int(np.searchsorted(starts, earlier[at], side="right")) - 1
+            place = chunks[owner].kept.where(int(earlier[at] - starts[owner]))
+            repeats[at] = describe_record(*place)
+        found.append(repeats)
+    return found
 
 
 def _commit(chunks: list[_Chunk], kind: str, out: Path, schema: pa.Schema) -> None:
@@ -226,7 +252,9 @@ def _corpus_schema(config: InputConfig, dim: int | None) -> pa.Schema:
     return pa.schema(fields)
 
 
-def ingest(config: InputConfig, corpus_dir: Path, rejects_dir: Path) -> IngestResult:
+def ingest(
+    config: InputConfig, corpus_dir: Path, rejects_dir: Path, allow_empty: bool = False
+) -> IngestResult:
     """Read every source into `corpus_dir` (partitioned Parquet) and `rejects_dir`.
 
     Runs on the active Dask scheduler (see `udl.parallel.compute`): the sources must
@@ -238,6 +266,7 @@ def ingest(config: InputConfig, corpus_dir: Path, rejects_dir: Path) -> IngestRe
         config: where the corpus is and which columns to use.
         corpus_dir: output dataset folder, replaced atomically.
         rejects_dir: output rejects folder, replaced atomically.
+        allow_empty: return an empty corpus instead of raising (nothing could be clustered).
 
     Returns:
         Row counts, per source and overall.
@@ -245,7 +274,8 @@ def ingest(config: InputConfig, corpus_dir: Path, rejects_dir: Path) -> IngestRe
     Raises:
         InputDataError: a source cannot be read at all, lacks a configured column, repeats
             an id under `duplicate_ids="error"`, or (with `embedding_column`) holds no valid
-            vector at all.
+            vector at all; or, unless `allow_empty`, no row is left to cluster (raised once
+            both folders are written, so the rejects can be inspected).
         ConfigError: the column configuration is inconsistent.
     """
     sources = resolve_sources(config)
@@ -259,12 +289,9 @@ def ingest(config: InputConfig, corpus_dir: Path, rejects_dir: Path) -> IngestRe
                 lambda item: _ingest_chunk(staging / f"{item[0]:05d}", item[1], config, schema)
             )
         )
-        seen = SeenIds()
-        for chunk in staged:
-            repeat = seen.contains(chunk.kept)
-            seen.add(chunk.kept[~repeat])
-            if repeat.any():
-                _reject_repeats(chunk, np.flatnonzero(repeat), config)
+        for chunk, repeats in zip(staged, _find_repeats(staged), strict=True):
+            if repeats:
+                _reject_repeats(chunk, repeats, config)
         _commit(staged, "corpus", corpus_tmp, schema)
         _commit(staged, "rejects", rejects_tmp, S.REJECTS_SCHEMA)
         shutil.rmtree(staging)
@@ -289,4 +316,24 @@ def ingest(config: InputConfig, corpus_dir: Path, rejects_dir: Path) -> IngestRe
             result.rejected_by_reason,
             rejects_dir,
         )
+    if not result.rows_ingested and not allow_empty:
+        raise _empty_corpus_error(config, sources, result, rejects_dir)
     return result
+
+
+def _empty_corpus_error(
+    config: InputConfig, sources: list[Source], result: IngestResult, rejects_dir: Path
+) -> InputDataError:
+    """Why ingest kept no document: the files hold no rows, or every row was rejected (the
+    rejects are written by then, so the message points at them)."""
+    where = sources[0].url if len(sources) == 1 else f"{config.path} ({len(sources)} files)"
+    if not result.rows_read:
+        header = all(source.format in ("csv", "tsv") for source in sources)
+        what = "0 rows (header only)" if header else "0 rows (every file is empty)"
+    else:
+        top = sorted(result.rejected_by_reason.items(), key=lambda item: (-item[1], item[0]))
+        counts = ", ".join(f"{reason}: {count}" for reason, count in top[:3])
+        more = ", ..." if len(top) > 3 else ""
+        rows = f"all {result.rows_read} rows" if result.rows_read > 1 else "the only row"
+        what = f"{rows} rejected ({counts}{more}); see {rejects_dir}"
+    return InputDataError(where, f"no documents to cluster: {what}")

@@ -4,7 +4,10 @@ format itself could not parse.
 
 Row numbers are 1-based and count every record of a file, good or bad, so a reject points
 at the record to fix: the data record for CSV/TSV (the header is not counted), the line for
-JSON Lines, the row for Parquet, and 1 for a text file.
+JSON Lines, the row for Parquet, and 1 for a text file. Line numbers (1-based, in the
+decompressed text) say where a record starts: a CSV record with line breaks in a quoted field
+spans several lines (see `udl.csv_lines`); for JSON Lines the line is the row, for a text
+file 1, and Parquet has none.
 
 Supplied vectors (`input.embedding_column`) are read from Parquet (a list column of numbers)
 and JSON Lines (an array of numbers per record; a value that is not one is rejected as
@@ -32,9 +35,13 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from udl.config import InputConfig
+from udl.csv_lines import LineScanner
 from udl.errors import InputDataError
 
-__all__ = ["RawBatch", "ReaderReject", "Source", "read_source", "resolve_sources"]
+__all__ = ["READER_REASONS", "RawBatch", "ReaderReject", "Source", "read_source", "resolve_sources"]
+
+# Reason codes of the records a format reader rejects (see `udl.validation.REASONS` for the rest).
+READER_REASONS = ("malformed_row", "malformed_json", "invalid_utf8", "invalid_vector")
 
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".xz": "xz"}
 FORMATS = {
@@ -73,6 +80,7 @@ class ReaderReject:
     reason: str
     detail: str
     raw: str
+    line: int | None = None  # where the record starts (None: unknown, or not a text format)
 
 
 @dataclass
@@ -80,7 +88,8 @@ class RawBatch:
     """Consecutive good records of one source, as read (binary or string arrays).
 
     `ids` is None when ids are to be derived from source and content; `vectors` (a list array
-    of numbers, unchecked) is None unless `input.embedding_column` is set.
+    of numbers, unchecked) is None unless `input.embedding_column` is set; `lines` (the start
+    line of each record) is None for formats without lines (Parquet).
     """
 
     rows: NDArray[np.int64]
@@ -90,6 +99,7 @@ class RawBatch:
     metadata: dict[str, pa.Array]
     rejects: list[ReaderReject] = field(default_factory=list)
     vectors: pa.Array | None = None
+    lines: NDArray[np.int64] | None = None
 
 
 def _split_suffixes(path: str) -> tuple[str | None, str | None]:
@@ -164,9 +174,11 @@ def _raw_batch(
     config: InputConfig,
     rejects: list[ReaderReject] | None = None,
     vectors: pa.Array | None = None,
+    lines: NDArray[np.int64] | None = None,
 ) -> RawBatch:
     return RawBatch(
         rows=rows,
+        lines=lines,
         text=columns[config.text_column],
         ids=columns[config.id_column] if config.id_column else None,
         labels=columns[config.label_column] if config.label_column else None,
@@ -283,9 +295,12 @@ class _TailedStream:
     added at the end when the data lacks one (RFC 4180 makes the final one optional, but
     pyarrow cannot read a header-only file without it)."""
 
-    def __init__(self, handle: Any, keep: int = TAIL_BYTES) -> None:
+    def __init__(
+        self, handle: Any, keep: int = TAIL_BYTES, scanner: LineScanner | None = None
+    ) -> None:
         self._handle = handle
         self._keep = keep
+        self._scanner = scanner
         self._ended = False
         self.tail = b""
         self.closed = False
@@ -302,6 +317,8 @@ class _TailedStream:
             last = data[-1:] or self.tail[-1:]
             data += b"\n" if last and last not in (b"\n", b"\r") else b""
         self.tail = (data if len(data) >= self._keep else self.tail + data)[-self._keep :]
+        if self._scanner is not None:
+            self._scanner.feed(data, final=self._ended)
         return data
 
     def readable(self) -> bool:
@@ -375,16 +392,19 @@ def _read_csv_pass(
     last_column = header[-1] if header and not {'"', "\ufffd"} & set(header[-1]) else None
     columns = [*wanted, *([last_column] if last_column and last_column not in wanted else [])]
     bad: list[ReaderReject] = []
+    scanner = LineScanner(delimiter)
 
     def on_invalid(row: Any) -> str:
-        # `row.number` counts records from the header (= 1); ours count data records.
+        # `row.number` counts records from the header (= 1); ours count data records, and
+        # the scanner has seen the record (pyarrow parses only what it has read).
         number = row.number - 1 if row.number is not None else None
+        line = int(scanner.lines(np.array([number]))[0]) if number is not None else None
         detail = f"expected {row.expected_columns} fields, got {row.actual_columns}"
-        bad.append(ReaderReject(number, "malformed_row", detail, row.text))
+        bad.append(ReaderReject(number, "malformed_row", detail, row.text, line))
         return "skip"
 
     with fsspec.open(source.url, "rb", compression=source.compression) as handle:
-        stream = _TailedStream(handle)
+        stream = _TailedStream(handle, scanner=scanner)
         try:
             reader = pacsv.open_csv(
                 stream,
@@ -402,7 +422,7 @@ def _read_csv_pass(
             raise
         except pa.ArrowInvalid as exc:
             raise _csv_error(source, exc) from None
-        next_row, last_row, last_value = 1, 0, None
+        next_row, last_row, last_line, last_value = 1, 0, 0, None
         batches = iter(reader)
         while True:
             try:
@@ -414,26 +434,32 @@ def _read_csv_pass(
             # The parser reads ahead, so `bad` may already hold rows of later batches.
             bad_rows = [r.row for r in bad if r.row is not None]
             rows = _good_rows(next_row, batch.num_rows, bad_rows)
+            lines = scanner.lines(rows)
             next_row = int(rows[-1]) + 1 if len(rows) else next_row
+            scanner.forget_before(next_row)
             mine = [r for r in bad if r.row is None or r.row < next_row]
             bad[:] = [r for r in bad if r.row is not None and r.row >= next_row]
             if len(rows) and last_column:
-                last_row, last_value = int(rows[-1]), batch.column(last_column)[-1].as_py()
+                last_row, last_line = int(rows[-1]), int(lines[-1])
+                last_value = batch.column(last_column)[-1].as_py()
             # A pass after a larger block skips what an earlier pass delivered.
             skip = int(np.searchsorted(rows, resume))
             mine = [r for r in mine if (r.row is None and resume == 1) or (r.row or 0) >= resume]
             if skip < len(rows) or mine:
-                batch, rows = batch.slice(skip), rows[skip:]
+                batch, rows, lines = batch.slice(skip), rows[skip:], lines[skip:]
                 progress[0] = max(resume, next_row)
-                yield _raw_batch(rows, {c: batch.column(c) for c in wanted}, config, mine)
+                columns = {c: batch.column(c) for c in wanted}
+                yield _raw_batch(rows, columns, config, mine, lines=lines)
         if any(r.row is not None and r.row > last_row for r in bad):
             last_value = None  # the last record was malformed: already rejected
         if last_row and _ends_in_open_quote(source, stream.tail, last_value):
-            raise InputDataError(source.url, UNCLOSED_QUOTE, row=last_row)
+            where = f" (the record starts on line {last_line})"
+            raise InputDataError(source.url, UNCLOSED_QUOTE + where, row=last_row)
         bad[:] = [r for r in bad if (r.row is None and resume == 1) or (r.row or 0) >= resume]
         if bad:
             empty = {c: pa.array([], pa.binary()) for c in wanted}
-            yield _raw_batch(np.array([], np.int64), empty, config, bad[:])
+            none = np.array([], np.int64)
+            yield _raw_batch(none, empty, config, bad[:], lines=none)
 
 
 def _lines(handle: Any) -> Iterator[bytes]:
@@ -502,24 +528,24 @@ def _read_jsonl(source: Source, config: InputConfig) -> Iterator[RawBatch]:
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 reason = "invalid_utf8" if isinstance(exc, UnicodeDecodeError) else "malformed_json"
                 raw = line.decode("utf-8", errors="backslashreplace").rstrip("\r")
-                rejects.append(ReaderReject(number, reason, str(exc), raw))
+                rejects.append(ReaderReject(number, reason, str(exc), raw, number))
                 continue
             if not isinstance(record, dict):
                 raw = line.decode("utf-8").rstrip("\r")
                 detail = f"a JSON {type(record).__name__}, not an object"
-                rejects.append(ReaderReject(number, "malformed_json", detail, raw))
+                rejects.append(ReaderReject(number, "malformed_json", detail, raw, number))
                 continue
             keys_seen.update(record)
             found = {c: _json_value(record.get(c)) for c in wanted}
             if b"\\u" in line and (problem := _lone_surrogate(found)):
                 raw = line.decode("utf-8").rstrip("\r")  # the escapes are ASCII: kept as written
-                rejects.append(ReaderReject(number, "invalid_utf8", problem, raw))
+                rejects.append(ReaderReject(number, "invalid_utf8", problem, raw, number))
                 continue
             if vector_column:
                 vector, problem = _json_vector(record.get(vector_column))
                 if problem is not None:
                     raw = line.decode("utf-8").rstrip("\r")
-                    rejects.append(ReaderReject(number, "invalid_vector", problem, raw))
+                    rejects.append(ReaderReject(number, "invalid_vector", problem, raw, number))
                     continue
                 vectors.append(vector)
             rows.append(number)
@@ -542,7 +568,8 @@ def _jsonl_batch(
 ) -> RawBatch:
     columns = {c: pa.array(v, pa.string()) for c, v in values.items()}
     array = pa.array(vectors, pa.list_(pa.float64())) if config.embedding_column else None
-    return _raw_batch(np.array(rows, np.int64), columns, config, rejects, array)
+    numbers = np.array(rows, np.int64)  # a record is one line: its row is its line
+    return _raw_batch(numbers, columns, config, rejects, array, lines=numbers)
 
 
 def _read_text(source: Source, config: InputConfig) -> Iterator[RawBatch]:
@@ -562,6 +589,7 @@ def _read_text(source: Source, config: InputConfig) -> Iterator[RawBatch]:
         ids=pa.array([source.name], pa.string()),
         labels=pa.array([label], pa.string()) if config.label_column else None,
         metadata={},
+        lines=np.array([1], np.int64),  # the document starts on the file's first line
     )
 
 
