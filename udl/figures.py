@@ -180,20 +180,20 @@ def plot_silhouette(labels: NDArray[np.int64], silhouettes: NDArray[np.float64])
         labels: int array (n,), cluster ids of the sampled clustered points.
         silhouettes: float array (n,), their silhouettes.
     """
-    clusters = np.unique(labels)
+    clusters, sizes = np.unique(labels, return_counts=True)
+    gap = max(1, len(labels) // 400)
+    starts = np.concatenate([[0], np.cumsum(sizes + gap)[:-1]])
     fig = _figure(_width(len(clusters)), 4.2)
     ax = fig.subplots()
-    x, centres = 0, []
-    for i, cluster in enumerate(clusters):
+    ax.set_xlim(-1, max(int(starts[-1] + sizes[-1]) if len(sizes) else 1, 1))
+    ax.tick_params(axis="x", labelsize=TICK_FONT, labelrotation=90 if len(clusters) > 15 else 0)
+    # Ticks are fitted before the bands are drawn: measuring them draws the figure.
+    fit_tick_labels(fig, ax.xaxis, starts + (sizes - 1) / 2, [str(c) for c in clusters])
+    for i, (cluster, start) in enumerate(zip(clusters, starts, strict=True)):
         values = -np.sort(-silhouettes[labels == cluster])
-        ax.fill_between(np.arange(x, x + len(values)), 0, values, color=f"C{i % 10}", lw=0)
-        centres.append(x + (len(values) - 1) / 2)
-        x += len(values) + max(1, len(labels) // 400)
+        ax.fill_between(np.arange(start, start + len(values)), 0, values, color=f"C{i % 10}", lw=0)
     if len(silhouettes):
         ax.axhline(float(silhouettes.mean()), color="#b42318", ls="--", lw=1)
-    ax.set_xlim(-1, max(x, 1))
-    ax.tick_params(axis="x", labelsize=TICK_FONT, labelrotation=90 if len(clusters) > 15 else 0)
-    fit_tick_labels(fig, ax.xaxis, centres, [str(c) for c in clusters])
     ax.set(
         xlabel="cluster id",
         ylabel="silhouette",
