@@ -15,9 +15,14 @@ lines skipped) over the bytes fed to it:
 Record 0 is the header. Quote state is tracked by prefix parity (vectorised), which agrees
 with the grammar as long as every quote run met outside a quoted field starts a field; a
 block where one does not (``5 " tall``) is replayed run by run.
+
+pyarrow reads the stream on its own I/O thread while the caller asks for lines, so the start
+lines are shared under a lock.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,34 +44,40 @@ class LineScanner:
         self._previous = -1  # the byte before that position (-1: start of the stream)
         self._literal = False  # whether the last quote scanned was a plain character
         self._starts: list[NDArray[np.int64]] = []  # start lines of records, in order
+        self._lock = threading.Lock()  # guards `_starts` and `_first`
         self._first = 0  # record number of the first start kept in `_starts`
 
     def feed(self, data: bytes, final: bool = False) -> None:
         """Scan the next bytes of the stream (`final`: they are its last)."""
         data = self._held + data
         self._held = b"" if final else data[-1:]
-        block = np.frombuffer(data if final else data[:-1], dtype=np.uint8)
-        if not len(block):
+        size = len(data) if final else len(data) - 1
+        if not size:
             return
-        after = np.frombuffer(data[1 : len(block) + 1], dtype=np.uint8)  # next byte, if any
+        whole = np.frombuffer(data, dtype=np.uint8)  # `size` bytes to scan, and the next one
+        block = whole[:size]
         quotes = np.flatnonzero(block == QUOTE)
         inside = self._quote_states(block, quotes)
-        # A line break ends at a LF, or at a CR not followed by LF (`after` is shorter at EOF).
-        newline = block == LF
-        newline[: len(after)] |= (block[: len(after)] == CR) & (after != LF)
-        newline[len(after) :] |= block[len(after) :] == CR
-        breaks = np.flatnonzero(newline)
+        # A line break ends at a LF, or at a CR not followed by LF (sparse: no full-size mask).
+        breaks = np.flatnonzero(block == LF)
+        returns = np.flatnonzero(block == CR)
+        if len(returns):
+            nexts = whole[np.minimum(returns + 1, len(whole) - 1)]
+            lone = returns[(nexts != LF) | (returns + 1 >= len(whole))]
+            breaks = np.sort(np.concatenate([breaks, lone])) if len(lone) else breaks
         # Outside quotes a break ends a record, and one starts at the next byte unless that
         # byte is another break (an empty line) or the end of the stream.
-        ends = breaks[~inside[np.searchsorted(quotes, breaks)]]
-        ends = ends[ends < len(after)]
-        ends = ends[(after[ends] != LF) & (after[ends] != CR)]
-        starts = ends + 1
+        ends = np.flatnonzero(~inside[np.searchsorted(quotes, breaks)])  # indices into breaks
+        ends = ends[breaks[ends] + 1 < len(whole)]
+        following = whole[breaks[ends] + 1]
+        ends = ends[(following != LF) & (following != CR)]
+        # The record after break i starts on line i + 2 of this block's lines.
+        lines = self._breaks + 2 + ends
         if self._offset == 0 and block[0] not in (LF, CR):
-            starts = np.concatenate([[0], starts])
-        lines = 1 + self._breaks + np.searchsorted(breaks, starts)
-        self._starts.append(lines.astype(np.int64))
-        self._offset += len(block)
+            lines = np.concatenate([[1], lines])
+        with self._lock:
+            self._starts.append(lines.astype(np.int64))
+        self._offset += size
         self._breaks += len(breaks)
         self._quoted = bool(inside[-1])
         self._previous = int(block[-1])
@@ -106,21 +117,25 @@ class LineScanner:
 
     def lines(self, records: NDArray[np.int64]) -> NDArray[np.int64]:
         """Start lines of `records` (record numbers, 0 = header), all scanned already."""
-        if len(self._starts) > 1:
-            self._starts = [np.concatenate(self._starts)]
-        kept = self._starts[0] if self._starts else np.empty(0, np.int64)
-        return kept[np.asarray(records, dtype=np.int64) - self._first]
+        with self._lock:
+            kept = self._joined()
+            return kept[np.asarray(records, dtype=np.int64) - self._first]
+
+    def _joined(self) -> NDArray[np.int64]:
+        if len(self._starts) != 1:
+            self._starts = [np.concatenate([np.empty(0, np.int64), *self._starts])]
+        return self._starts[0]
 
     @property
     def records(self) -> int:
         """How many records (the header included) the bytes fed so far start."""
-        return self._first + sum(len(starts) for starts in self._starts)
+        with self._lock:
+            return self._first + sum(len(starts) for starts in self._starts)
 
     def forget_before(self, record: int) -> None:
         """Drop the start lines of records before `record`: they will not be asked for."""
-        if record <= self._first or not self._starts:
-            return
-        kept = np.concatenate(self._starts)
-        drop = min(record - self._first, len(kept))
-        self._starts = [kept[drop:]]
-        self._first += drop
+        with self._lock:
+            kept = self._joined()
+            drop = min(max(0, record - self._first), len(kept))
+            self._starts = [kept[drop:]]
+            self._first += drop
