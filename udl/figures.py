@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import patheffects
+from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -123,7 +124,7 @@ def _project(x: NDArray[np.float32], metric: str, seed: int) -> tuple[NDArray, s
     return PCA(n_components=2, random_state=seed).fit_transform(x), "PCA"
 
 
-def _label_medians(fig: Figure, ax, points: NDArray, clusters: NDArray[np.int64]) -> int:
+def _label_medians(fig: Figure, ax: Axes, points: NDArray, clusters: NDArray[np.int64]) -> int:
     """Write each cluster's id at the median of its points, largest clusters first, skipping
     ids that would cover one already written; returns how many were written."""
     ids, counts = np.unique(clusters[clusters >= 0], return_counts=True)

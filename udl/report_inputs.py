@@ -146,9 +146,10 @@ def rejects_by_reason(layout: RunLayout, ingest: dict[str, Any]) -> list[dict[st
             part, columns=[c for c in (S.REASON, S.DETAIL, S.ROW, S.LINE) if c in names]
         )
         reasons = table.column(S.REASON)
-        for reason in pc.unique(reasons).to_pylist():
+        for entry in pc.value_counts(reasons).to_pylist():
+            reason = entry["values"]
             if not recorded:
-                counts[reason] += int(pc.sum(pc.equal(reasons, reason)).as_py())
+                counts[reason] += entry["counts"]
             if reason not in examples:
                 first = table.slice(int(pc.index(reasons, reason).as_py()), 1).to_pylist()[0]
                 examples[reason] = first
