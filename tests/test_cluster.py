@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,38 @@ def test_choose_k_finds_planted_k_5() -> None:
     }
     best = next(c for c in result.candidates if c.k == 6)
     assert best.silhouette == max(c.silhouette for c in result.candidates)
+
+
+def test_choose_k_extends_the_grid_past_its_largest_candidate() -> None:
+    # Eight blobs, candidates 2-4: the best of those is 4, the edge, which says nothing about
+    # where the scores peak. The grid grows by 1.5x and 2x of the edge until the choice is
+    # inside it.
+    x, _ = _blobs(n=1200, centers=8, dim=8, seed=6, std=0.5)
+    result = choose_k(x, [2, 3, 4], "l2", niter=20, seed=0)
+    assert result.chosen == 8 and result.extended == [6, 8, 12, 16] and not result.at_edge
+    assert [c.k for c in result.candidates] == [2, 3, 4, 6, 8, 12, 16] and result.warnings == []
+    record = result.as_dict()
+    assert record["tie_break"] == "ties go to the higher silhouette, then to the smaller k"
+    assert record["tie_break"] in record["rule"] and record["extended"] == [6, 8, 12, 16]
+
+
+def test_choose_k_extends_below_its_smallest_candidate() -> None:
+    x, _ = _blobs(n=900, centers=3, dim=8, seed=7, std=0.5)
+    result = choose_k(x, [6, 8, 10], "l2", niter=20, seed=0)
+    assert result.chosen == 3 and result.extended == [3, 4, 2] and not result.at_edge
+
+
+def test_choose_k_warns_when_the_choice_stays_at_the_edge() -> None:
+    x, _ = _blobs(n=1200, centers=30, dim=8, seed=6, std=0.5)
+    result = choose_k(x, [2, 3], "l2", niter=20, seed=0)
+    assert result.at_edge and result.chosen == max(c.k for c in result.candidates) == 12
+    assert result.warnings == [
+        (
+            "auto k: k=12 is the largest k tried (2, 3, 4, 6, 9, 12), so the scores may keep "
+            "improving past it and the choice is arbitrary; try k_candidates with larger values, "
+            "or set k by hand."
+        )
+    ]
 
 
 def test_choose_k_needs_a_usable_candidate() -> None:
@@ -416,3 +449,49 @@ def test_cluster_embeddings_rejects_misaligned_parts(tmp_path: Path) -> None:
     write_part(table.take(np.arange(table.num_rows)[::-1]), corpus, 0)
     with pytest.raises(SchemaError, match="doc_id"):
         _run(tmp_path, corpus, embeddings, "bad", ClusterConfig(k=2))
+
+
+# --- warnings about results ------------------------------------------------------------------
+
+
+def test_kmeans_warns_when_one_cluster_holds_most_documents(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    big, _ = _blobs(n=900, centers=1, dim=4, seed=12)
+    small, _ = _blobs(n=50, centers=1, dim=4, seed=13)
+    x = np.vstack([big, small + 100.0, small - 100.0])
+    corpus, embeddings = _write_dataset(tmp_path, x, np.zeros(len(x), np.int64))
+    with caplog.at_level(logging.WARNING, logger="udl"):
+        result, table = _run(tmp_path, corpus, embeddings, "km", ClusterConfig(k=3, metric="l2"))
+    sizes = np.bincount(table.column(S.CLUSTER_ID).to_numpy())
+    assert sorted(sizes) == [50, 50, 900]
+    big_id = int(sizes.argmax())
+    assert result.warnings == [
+        (
+            f"k-means: cluster {big_id} holds 90.0% of the 1,000 documents clustered (k=3), so "
+            "the clusters say little about the corpus; try a larger k or k='auto', or another "
+            "encoder."
+        )
+    ]
+    assert result.warnings[0] in caplog.messages
+
+
+def test_dbscan_warns_about_a_single_cluster_and_about_mostly_noise(tmp_path: Path) -> None:
+    x, truth = _blobs(n=600, centers=3, dim=4, seed=11, std=0.5)
+    corpus, embeddings = _write_dataset(tmp_path, x, truth)
+    wide = ClusterConfig(algorithm="dbscan", eps=100.0, metric="l2")
+    result, _ = _run(tmp_path, corpus, embeddings, "wide", wide)
+    assert result.n_clusters == 1 and result.warnings == [
+        (
+            "DBSCAN: a single cluster holds 100.0% of the 600 documents clustered (eps=100, "
+            "min_samples=5), so the clusters say little about the corpus; try a smaller eps, a "
+            "larger min_samples, or k-means."
+        )
+    ]
+    narrow = ClusterConfig(algorithm="dbscan", eps=0.05, metric="l2")
+    result, _ = _run(tmp_path, corpus, embeddings, "narrow", narrow)
+    assert result.n_noise / 600 > 0.5
+    assert result.warnings[-1].startswith(f"DBSCAN: {result.n_noise / 600:.1%} of the 600 ")
+    assert result.warnings[-1].endswith("try a larger eps or a smaller min_samples.")
+    fine = ClusterConfig(algorithm="dbscan", eps=2.0, metric="l2")
+    assert _run(tmp_path, corpus, embeddings, "fine", fine)[0].warnings == []

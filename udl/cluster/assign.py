@@ -22,10 +22,11 @@ from numpy.typing import NDArray
 from udl import schema as S
 from udl.cluster.align import Alignment, align_clusters
 from udl.cluster.dbscan import dbscan
+from udl.cluster.eps_search import choose_eps
 from udl.cluster.health import log_warnings, no_features_warning, result_warnings
 from udl.cluster.kmeans import FaissKMeans, prepare, to_distance
 from udl.cluster.neighbours import flat_index
-from udl.cluster.selection import EPS_RULE, choose_k, estimate_eps
+from udl.cluster.selection import choose_k
 from udl.config import ClusterConfig
 from udl.embed import read_embeddings, read_has_features
 from udl.errors import ConfigError, SchemaError
@@ -157,12 +158,15 @@ def _fit_kmeans(
     embeddings_dir: Path, config: ClusterConfig, seed: int, previous: NDArray[np.float32] | None
 ) -> _Fit:
     selection: dict[str, Any] = {}
+    warnings: list[str] = []
     k = config.k
     if k == "auto":
         sample, _ = read_sample(embeddings_dir, config.selection_sample, seed)
         result = choose_k(sample, config.k_candidates, config.metric, config.niter, seed)
-        k, selection = result.chosen, result.as_dict()
-        log.info("auto k: chose %d from %s", k, config.k_candidates)
+        k, selection, warnings = result.chosen, result.as_dict(), result.warnings
+        log.info(
+            "auto k: chose %d from %s (extended by %s)", k, config.k_candidates, result.extended
+        )
     train, _ = read_sample(embeddings_dir, config.max_points_per_centroid * k, seed)
     warm = previous if previous is not None and previous.shape == (k, train.shape[1]) else None
     model = FaissKMeans(
@@ -175,35 +179,46 @@ def _fit_kmeans(
         spherical=None if config.spherical == "auto" else config.spherical,
         init=config.kmeans_init,
     ).fit(train, init_centroids=warm)
-    return _Fit(model.cluster_centers_, len(train), selection, kmeans=model)
+    return _Fit(model.cluster_centers_, len(train), selection, kmeans=model, warnings=warnings)
 
 
 def _fit_dbscan(embeddings_dir: Path, config: ClusterConfig, seed: int) -> _Fit:
     x = _read_featured(embeddings_dir)
+    flat_max, nprobe = config.dbscan_flat_max, config.dbscan_nprobe
     selection: dict[str, Any] = {}
+    warnings: list[str] = []
     if config.eps == "auto":
-        eps = estimate_eps(x, config.min_samples, config.metric, config.selection_sample, seed)
-        selection = {
-            "rule": EPS_RULE,
-            "eps": eps,
-            "min_samples": config.min_samples,
-            "sample_size": min(len(x), config.selection_sample),
-        }
-        log.info("auto eps: %.4g (min_samples=%d)", eps, config.min_samples)
+        chosen = choose_eps(
+            x,
+            config.min_samples,
+            config.metric,
+            config.selection_sample,
+            seed,
+            flat_max=flat_max,
+            nprobe=nprobe,
+        )
+        eps, result = chosen.chosen, chosen.result
+        selection, warnings = chosen.as_dict(), chosen.warnings
+        log.info(
+            "auto eps: chose %.4g from %d candidates (min_samples=%d)",
+            eps,
+            len(chosen.candidates),
+            config.min_samples,
+        )
     else:
         eps = float(config.eps)
-    result = dbscan(
-        x,
-        eps,
-        config.min_samples,
-        config.metric,
-        flat_max=config.dbscan_flat_max,
-        nprobe=config.dbscan_nprobe,
-        seed=seed,
-    )
+        result = dbscan(
+            x, eps, config.min_samples, config.metric, flat_max=flat_max, nprobe=nprobe, seed=seed
+        )
     centroids = _centroids_of(x, result.labels, result.n_clusters, config.metric)
     return _Fit(
-        centroids, len(x), selection, dbscan_labels=result.labels, eps=eps, exact=result.exact
+        centroids,
+        len(x),
+        selection,
+        dbscan_labels=result.labels,
+        eps=eps,
+        exact=result.exact,
+        warnings=warnings,
     )
 
 
@@ -407,10 +422,10 @@ def cluster_embeddings(
 
 def _setting(fit: _Fit, config: ClusterConfig) -> str:
     """The clustering's parameters in words, for warnings."""
-    chosen = "chosen automatically, " if fit.selection else ""
+    auto = " chosen automatically" if fit.selection else ""
     if fit.kmeans is not None:
-        return f"k={fit.kmeans.k}{', chosen automatically' if fit.selection else ''}"
-    return f"eps={fit.eps:.3g} {chosen}min_samples={config.min_samples}"
+        return f"k={fit.kmeans.k}{auto}"
+    return f"eps={fit.eps:.3g}{auto}, min_samples={config.min_samples}"
 
 
 def _dbscan_distances(
