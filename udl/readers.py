@@ -17,10 +17,14 @@ and JSON Lines (an array of numbers per record; a value that is not one is rejec
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
+import lzma
 import posixpath
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -32,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import zstandard  # fsspec's zstd codec
 from numpy.typing import NDArray
 
 from udl.config import InputConfig
@@ -58,6 +63,14 @@ FORMATS = {
 # memory a file of very long documents needs while it is read.
 READ_ROWS = 16_384
 BLOCK_BYTES = 1 << 22
+# What the codecs raise on a corrupt or truncated file (gzip.BadGzipFile is an OSError).
+DECOMPRESSION_ERRORS: tuple[type[Exception], ...] = (
+    gzip.BadGzipFile,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    zstandard.ZstdError,
+)
 COLUMN_HINT = "set input.text_column / id_column / label_column / metadata_columns to match"
 
 
@@ -161,6 +174,13 @@ def wanted_columns(config: InputConfig) -> list[str]:
 
 
 def _check_columns(source: Source, present: list[str], wanted: list[str]) -> None:
+    repeated = [c for c in wanted if present.count(c) > 1]
+    if repeated:
+        raise InputDataError(
+            source.url,
+            f"column {repeated[0]!r} appears {present.count(repeated[0])} times (columns "
+            f"present: {present}), so which one to read is ambiguous; rename the copies",
+        )
     missing = [c for c in wanted if c not in present]
     if missing:
         raise InputDataError(
@@ -259,10 +279,16 @@ def _parquet_batches(
 
 
 def _csv_header(source: Source, delimiter: str) -> list[str]:
+    """The column names, as pyarrow reads them: the first non-empty record (which may hold
+    quoted line breaks, and end in CR), without a byte-order mark."""
     # One block, not `readline`: zstd streams cannot iterate lines.
     with fsspec.open(source.url, "rb", compression=source.compression) as handle:
-        line = _TailedStream(handle).read(BLOCK_BYTES).split(b"\n", 1)[0]
-    return next(csv.reader([line.decode("utf-8", errors="replace")], delimiter=delimiter), [])
+        block = _TailedStream(handle).read(BLOCK_BYTES).decode("utf-8-sig", errors="replace")
+    try:
+        records = csv.reader(io.StringIO(block, newline=""), delimiter=delimiter)
+        return next((record for record in records if record), [])
+    except csv.Error:  # a field over csv's size limit: the first line is the best guess
+        return next(csv.reader([block.splitlines()[0]], delimiter=delimiter), [])
 
 
 def _good_rows(start: int, count: int, bad_rows: list[int]) -> NDArray[np.int64]:
@@ -389,6 +415,7 @@ def _read_csv_pass(
     # The physically last column is read too: an unclosed quote can only hide in it (a name
     # that may be misread from the first line, quoted or undecodable, forgoes the check).
     header = _csv_header(source, delimiter)
+    _check_columns(source, header, [c for c in wanted if c in header])  # repeated names
     last_column = header[-1] if header and not {'"', "\ufffd"} & set(header[-1]) else None
     columns = [*wanted, *([last_column] if last_column and last_column not in wanted else [])]
     bad: list[ReaderReject] = []
@@ -614,10 +641,27 @@ def read_source(source: Source, config: InputConfig) -> Iterator[RawBatch]:
             f"input (a {source.format} file has no list values); convert the corpus, or unset "
             "input.embedding_column",
         )
-    if source.format == "parquet":
-        return _read_parquet(source, config)
-    if source.format in ("csv", "tsv"):
-        return _read_csv(source, config)
-    if source.format == "jsonl":
-        return _read_jsonl(source, config)
-    return _read_text(source, config)
+    readers = {"parquet": _read_parquet, "csv": _read_csv, "tsv": _read_csv, "jsonl": _read_jsonl}
+    return _decompressed(source, readers.get(source.format, _read_text)(source, config))
+
+
+def _is_decompression_error(exc: Exception) -> bool:
+    if isinstance(exc, DECOMPRESSION_ERRORS):
+        return True
+    # bz2 reports bad data as a bare OSError; any other OSError may be transient I/O.
+    return isinstance(exc, OSError) and str(exc) == "Invalid data stream"
+
+
+def _decompressed(source: Source, batches: Iterator[RawBatch]) -> Iterator[RawBatch]:
+    """`batches`, with a corrupt or truncated compressed file as an input error naming it
+    (the codecs' own errors name no file, and would be retried as if transient)."""
+    try:
+        yield from batches
+    except Exception as exc:
+        if source.compression is None or not _is_decompression_error(exc):
+            raise
+        raise InputDataError(
+            source.url,
+            f"cannot be decompressed as {source.compression} ({type(exc).__name__}: {exc}); "
+            "the file is truncated or not in that format: fix or recompress it",
+        ) from None
