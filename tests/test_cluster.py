@@ -495,3 +495,24 @@ def test_dbscan_warns_about_a_single_cluster_and_about_mostly_noise(tmp_path: Pa
     assert result.warnings[-1].endswith("try a larger eps or a smaller min_samples.")
     fine = ClusterConfig(algorithm="dbscan", eps=2.0, metric="l2")
     assert _run(tmp_path, corpus, embeddings, "fine", fine)[0].warnings == []
+
+
+def test_kmeans_warns_about_empty_clusters_when_k_exceeds_distinct_points(tmp_path: Path) -> None:
+    x = np.repeat(np.eye(2, 3, dtype=np.float32), 10, axis=0)  # 20 documents, 2 distinct
+    corpus, embeddings = _write_dataset(tmp_path, x, np.repeat([0, 1], 10), parts=2)
+    result, _ = _run(tmp_path, corpus, embeddings, "few", ClusterConfig(k=5))
+    assert result.warnings == [
+        (
+            "k-means: 3 of the 5 clusters are empty (k=5): the embeddings have fewer distinct "
+            "points than clusters; lower k."
+        )
+    ]
+
+
+def test_tiny_corpus_errors_name_the_setting_to_change(tmp_path: Path) -> None:
+    x, truth = _blobs(n=4, centers=2, dim=4)
+    corpus, embeddings = _write_dataset(tmp_path, x, truth, parts=1)
+    with pytest.raises(ConfigError, match="the selection sample has 4 documents"):
+        _run(tmp_path, corpus, embeddings, "k", ClusterConfig(k="auto"))
+    with pytest.raises(ConfigError, match=r"min_samples=5 documents with features.*there are 4"):
+        _run(tmp_path, corpus, embeddings, "eps", ClusterConfig(algorithm="dbscan"))

@@ -188,6 +188,11 @@ def _fit_dbscan(embeddings_dir: Path, config: ClusterConfig, seed: int) -> _Fit:
     selection: dict[str, Any] = {}
     warnings: list[str] = []
     if config.eps == "auto":
+        if len(x) < config.min_samples:
+            raise ConfigError(
+                f"eps='auto' needs at least min_samples={config.min_samples} documents with "
+                f"features, and there are {len(x)}; lower cluster.min_samples or set eps."
+            )
         chosen = choose_eps(
             x,
             config.min_samples,

@@ -8,6 +8,8 @@ cluster step record's ``warnings`` and is logged at WARNING. The thresholds:
   clusters; with 2 clusters, more than ``DOMINANT_SHARE_OF_TWO``; a single cluster always is
   (it says nothing about the corpus);
 * *mostly noise*: more than ``NOISE_SHARE`` (half) of those documents are DBSCAN noise;
+* *empty clusters*: k-means clusters that no document joined (k above the number of distinct
+  embeddings);
 * documents without features (see ``udl.schema.HAS_FEATURES``) are reported with their count.
 """
 
@@ -73,6 +75,12 @@ def result_warnings(
         out.append(
             f"{name}: {which} holds {share:.1%} of the {total:,} documents clustered ({setting}), "
             f"so the clusters say little about the corpus; {advice}."
+        )
+    empty = int(np.sum(sizes == 0))
+    if empty:
+        out.append(
+            f"{name}: {empty} of the {sizes.size} clusters are empty ({setting}): the embeddings "
+            "have fewer distinct points than clusters; lower k."
         )
     if n_noise / total > NOISE_SHARE:
         out.append(

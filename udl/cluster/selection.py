@@ -179,8 +179,9 @@ def choose_k(
     usable = sorted({k for k in candidates if 2 <= k < arr.shape[0]})
     if not usable:
         raise ConfigError(
-            f"No candidate k in {candidates} is in [2, {arr.shape[0]}), the selection sample "
-            "size; lower k_candidates or raise selection_sample."
+            f"No candidate k in {candidates} is in [2, {arr.shape[0]}): the selection sample has "
+            f"{arr.shape[0]} documents (cluster.selection_sample, or every document with "
+            "features if there are fewer); use smaller k_candidates."
         )
     top = max(usable[-1], arr.shape[0] // MIN_POINTS_PER_CLUSTER)
     scored = {k: _scores(arr, k, metric, niter, seed) for k in usable}
