@@ -159,7 +159,14 @@ def test_choose_k_extends_the_grid_past_its_largest_candidate() -> None:
     x, _ = _blobs(n=1200, centers=8, dim=8, seed=6, std=0.5)
     result = choose_k(x, [2, 3, 4], "l2", niter=20, seed=0)
     assert result.chosen == 8 and result.extended == [6, 8, 12, 16] and not result.at_edge
-    assert [c.k for c in result.candidates] == [2, 3, 4, 6, 8, 12, 16] and result.warnings == []
+    assert [c.k for c in result.candidates] == [2, 3, 4, 6, 8, 12, 16]
+    assert result.warnings == [
+        (
+            "auto k: the best of k_candidates (2, 3, 4) was at the edge of that grid, so k=6, "
+            "8, 12, 16 were tried too and k=8 chosen; the internal scores favour it over the "
+            "candidates given, but set k by hand if you need coarser or finer clusters."
+        )
+    ]
     record = result.as_dict()
     assert record["tie_break"] == "ties go to the higher silhouette, then to the smaller k"
     assert record["tie_break"] in record["rule"] and record["extended"] == [6, 8, 12, 16]

@@ -88,7 +88,8 @@ class SelectionResult:
         candidates: scores of every k tried, ascending k.
         extended: candidates added beyond the given grid, in the order tried.
         at_edge: the chosen k is still the largest (or smallest, above 2) k tried.
-        warnings: plain sentences for the user (``at_edge``).
+        warnings: plain sentences for the user (``at_edge``, or a choice among the added
+            candidates).
     """
 
     chosen: int
@@ -196,7 +197,10 @@ def choose_k(
     best = _best(ranked)
     ks = sorted(scored)
     at_edge = best.k == ks[-1] or ks[0] == best.k > 2
-    warnings = [_edge_warning(best.k, ks)] if at_edge else []
+    if at_edge:
+        warnings = [_edge_warning(best.k, ks)]
+    else:
+        warnings = [_extended_warning(best.k, usable, extended)] if extended else []
     return SelectionResult(best.k, ranked, extended, at_edge, warnings)
 
 
@@ -207,6 +211,15 @@ def _edge_warning(chosen: int, ks: list[int]) -> str:
         f"auto k: k={chosen} is the {side} k tried ({', '.join(map(str, ks))}), so the scores "
         f"may keep improving past it and the choice is arbitrary; try k_candidates with {more} "
         "values, or set k by hand."
+    )
+
+
+def _extended_warning(chosen: int, given: list[int], extended: list[int]) -> str:
+    return (
+        f"auto k: the best of k_candidates ({', '.join(map(str, given))}) was at the edge of "
+        f"that grid, so k={', '.join(map(str, extended))} were tried too and k={chosen} chosen; "
+        "the internal scores favour it over the candidates given, but set k by hand if you "
+        "need coarser or finer clusters."
     )
 
 
