@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-__all__ = ["ConfigError", "InputDataError", "SchemaError", "UdlError"]
+__all__ = ["ConfigError", "InputDataError", "NotFittedError", "SchemaError", "UdlError"]
 
 
 class UdlError(Exception):
-    """Base class: a problem in the user's configuration or data, never worth a retry."""
+    """Base class: a problem in the user's configuration or data, or a misuse of udl's API;
+    deterministic, so never worth a retry."""
 
 
 class ConfigError(UdlError, ValueError):
@@ -45,3 +46,7 @@ class InputDataError(UdlError):
 
 class SchemaError(UdlError):
     """A dataset written by an earlier step does not have the columns this step needs."""
+
+
+class NotFittedError(UdlError, RuntimeError):
+    """A fitted-state method (transform, save) was called on an estimator before `fit`."""

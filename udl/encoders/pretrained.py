@@ -26,7 +26,7 @@ from udl.config import EncoderConfig
 from udl.encoders.base import DocumentBatch, resolve_device
 from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE
 from udl.encoders.training import autocast
-from udl.errors import ConfigError
+from udl.errors import ConfigError, NotFittedError
 
 __all__ = ["PretrainedEncoder", "default_model_path"]
 
@@ -126,7 +126,7 @@ class PretrainedEncoder:
         """Embeddings (n_docs, dim) float32 and anomaly scores (n_docs,) float32, the distance
         of each embedding from the principal subspace of the training sample."""
         if self.mean_ is None or self.components_ is None:
-            raise RuntimeError("PretrainedEncoder.transform called before fit")
+            raise NotFittedError("PretrainedEncoder.transform called before fit")
         x = self._embed(docs.texts)
         centred = x - self.mean_
         residual = centred - (centred @ self.components_.T) @ self.components_
@@ -138,7 +138,7 @@ class PretrainedEncoder:
     def save(self, folder: Path) -> None:
         """Write `config.json` (config and model folder) and `weights.pt` (the PCA only)."""
         if self.mean_ is None or self.components_ is None:
-            raise RuntimeError("PretrainedEncoder.save called before fit")
+            raise NotFittedError("PretrainedEncoder.save called before fit")
         folder.mkdir(parents=True, exist_ok=True)
         payload = {
             "kind": self.kind,
