@@ -4,25 +4,27 @@ Each run lives in ``<output_dir>/runs/<run_id>/``. The flow computes every step'
 upstream key, the step's config and the code version; tasks are cached on that key inside the
 run folder, so rerunning a run id does only the work that is not done yet.
 
-Dask runs *inside* the preprocess task (a client to a LocalCluster, or to the configured
-scheduler), not as the Prefect task runner: the corpus is a few large partitions, not
+Dask runs *inside* the ingest and preprocess tasks (a client to a LocalCluster, or to the
+configured scheduler), not as the Prefect task runner: the corpus is a few large partitions, not
 thousands of small Prefect tasks, and the other steps (torch, FAISS) must stay in the flow
 process where they own the machine's cores or GPU.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here, unlike everywhere else: `udl serve` hands each
+run the flow object, which Prefect cloudpickles into the run's subprocess, and a flow function
+travels by value with only the globals its body uses. String annotations such as
+``"PipelineConfig"`` then cannot be resolved when Prefect validates the run's parameters
+("PipelineModel is not fully defined"); evaluated annotations travel as references.
+"""
 
 import logging
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from pydantic import ValidationError
 
 from tasks._common import for_run
 from tasks.steps import cluster_task, embed_task, ingest_task, preprocess_task, report_task
 from udl.cluster.assign import CENTROIDS_FILE
-from udl.config import LATEST_RUN, PipelineConfig, ReportConfig, RuntimeConfig
-from udl.errors import ConfigError
+from udl.config import PipelineConfig, ReportConfig, parse_config
 from udl.fingerprint import source_fingerprint, step_key
 from udl.lineage import (
     centroids_fingerprint,
@@ -32,6 +34,7 @@ from udl.lineage import (
     space_of,
 )
 from udl.manifest import new_run_id, reuse_steps, write_manifest
+from udl.preflight import RECLUSTER_REUSES, check_recluster, reusable_run
 from udl.storage import RunLayout, read_json
 
 __all__ = ["clustering_pipeline", "ingest_only", "recluster", "rereport", "run_layout"]
@@ -41,28 +44,6 @@ def run_layout(config: PipelineConfig) -> RunLayout:
     """The run's folders; a configured run id resumes that run, none starts a new one."""
     output = Path(config.runtime.output_dir).expanduser().resolve()
     return RunLayout(output, config.runtime.run_id or new_run_id())
-
-
-def _existing_run(output_dir: str, run_id: str) -> RunLayout:
-    """An existing run by id, or the newest completed one for ``latest``.
-
-    The id is checked like `RuntimeConfig.run_id`, so it names a folder inside
-    ``<output_dir>/runs`` (no ``..``, no absolute path).
-    """
-    output = Path(output_dir).expanduser().resolve()
-    if run_id == LATEST_RUN:
-        latest = output / LATEST_RUN
-        if not latest.exists():
-            raise ConfigError(f"no completed run in {output} (no 'latest' link)")
-        run_id = latest.resolve().name
-    try:
-        RuntimeConfig(run_id=run_id)
-    except ValidationError as exc:
-        raise ConfigError.from_validation_error(exc, "RuntimeConfig") from None
-    layout = RunLayout(output, run_id)
-    if not layout.manifest.exists():
-        raise ConfigError(f"no run {run_id!r} in {output / 'runs'}")
-    return layout
 
 
 def _quiet_dask_logs() -> None:
@@ -159,25 +140,17 @@ def recluster(
     """Cluster the embeddings of an existing run again with this config's cluster and report
     settings, into a new run (the source run is never modified)."""
     _quiet_dask_logs()
-    source = _existing_run(config.runtime.output_dir, source_run)
+    source = check_recluster(config, source_run)
     layout = run_layout(config)
-    if layout.run_dir == source.run_dir:
-        raise ConfigError("recluster needs a new run id, not the source run's")
     get_run_logger().info("run %s re-clusters run %s", layout.run_id, source.run_id)
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     previous = pin_previous_run(layout)
-    source_config = PipelineConfig.model_validate(read_json(source.manifest)["config"])
+    source_config = parse_config(read_json(source.manifest)["config"])
     # The new run inherits what it reuses: input, preprocessing and encoder settings.
-    config = config.model_copy(
-        update={
-            "input": source_config.input,
-            "preprocess": source_config.preprocess,
-            "encoder": source_config.encoder,
-        }
-    )
+    config = config.inherit(source_config, ("input", "preprocess", "encoder"))
     write_manifest(layout, config, "running", previous)
     try:
-        embedded = reuse_steps(source, layout, ("ingest", "preprocess", "embed"))
+        embedded = reuse_steps(source, layout, RECLUSTER_REUSES)
         _cluster_and_report(layout, config, embedded["key"], previous)
     except BaseException:
         write_manifest(layout, config, "failed", previous)
@@ -194,9 +167,9 @@ def rereport(
 ) -> str:
     """Rebuild the report of an existing run with these report settings."""
     _quiet_dask_logs()
-    layout = _existing_run(output_dir, run_id)
+    layout = reusable_run(output_dir, run_id, ("cluster",))
     manifest = read_json(layout.manifest)
-    config = PipelineConfig.model_validate(manifest["config"]).model_copy(update={"report": report})
+    config = parse_config(manifest["config"]).with_overrides({"report": report.model_dump()})
     previous = pin_previous_run(layout)
     cluster_key = read_json(layout.steps / "cluster.json")["key"]
     report_key = step_key("report", cluster_key, config.report, previous and previous.run_id)

@@ -107,3 +107,19 @@ def test_prefect_form_schema_has_defaults_and_descriptions() -> None:
     assert schema["properties"]["config"]["default"]["input"]["path"] == (
         "data/sample/wordnet_sample.parquet"
     )
+
+
+def test_inherited_sections_are_validated_with_the_rest_22(tmp_path: Path) -> None:
+    # recluster/rereport take sections over from the source run's config; the combination
+    # must pass the same checks as a config file (model_copy(update=...) skipped them).
+    source = PipelineConfig().with_overrides({"input.path": str(tmp_path / "corpus")})
+    config = PipelineConfig().with_overrides(
+        {"runtime.output_dir": str(tmp_path / "corpus" / "out")}
+    )
+    with pytest.raises(ConfigError, match=r"lies inside input\.path"):
+        config.inherit(source, ("input",))
+    inherited = config.with_overrides({"runtime.output_dir": str(tmp_path / "out")}).inherit(
+        source, ("input", "encoder")
+    )
+    assert inherited.input == source.input
+    assert inherited.runtime.output_dir == str(tmp_path / "out")

@@ -455,6 +455,15 @@ class PipelineConfig(_Frozen):
             node[leaf] = value
         return parse_config(data)
 
+    def inherit(self, source: PipelineConfig, sections: tuple[str, ...]) -> PipelineConfig:
+        """Return a copy whose `sections` (e.g. ``("input", "encoder")``) are `source`'s,
+        validated again: the combination must pass every check a config from a file passes.
+
+        Raises:
+            ConfigError: the combined config breaks a constraint.
+        """
+        return self.with_overrides({name: getattr(source, name).model_dump() for name in sections})
+
 
 def parse_config(data: dict[str, Any]) -> PipelineConfig:
     """Validate a plain dict into a `PipelineConfig`, raising `ConfigError` on any problem."""

@@ -1,0 +1,138 @@
+"""Checks that run before any engine starts: a wrong path, a missing column or an output
+folder that is a file fails in a second with one message, not after a Prefect server and a
+Dask cluster have started and a run folder has been written.
+
+Everything here only reads: the input's file listing and the first source's header (or first
+block), and the output folder's manifests. The readers stay the authority on the data itself;
+a check here is skipped whenever it would need more than a cheap read.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import closing
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from udl.config import LATEST_RUN, PipelineConfig, RuntimeConfig
+from udl.errors import ConfigError
+from udl.readers import Source, read_source, resolve_sources
+from udl.storage import RunLayout
+
+__all__ = [
+    "RECLUSTER_REUSES",
+    "check_output",
+    "check_recluster",
+    "check_run_inputs",
+    "existing_run",
+    "reusable_run",
+]
+
+# The steps a re-clustering run takes over from its source run.
+RECLUSTER_REUSES = ("ingest", "preprocess", "embed")
+
+
+def _header_is_cheap(source: Source) -> bool:
+    """Whether the reader finds the configured columns within its first block.
+
+    CSV/TSV and text files are checked on their first block or file; uncompressed Parquet on
+    its footer and first row group. A compressed Parquet file would be spooled whole and JSON
+    Lines keys are only known after the last record, so those are left to ingest.
+    """
+    if source.format == "parquet":
+        return source.compression is None
+    return source.format in ("csv", "tsv", "text")
+
+
+def check_output(output_dir: str) -> None:
+    """The output root is a folder, or can become one.
+
+    Raises:
+        ConfigError: the path (or one of its parents) is an existing file.
+    """
+    if "://" in output_dir:
+        return
+    path = Path(output_dir).expanduser().absolute()
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(
+                    f"runtime.output_dir {path}: {folder} is a file, not a folder; choose an "
+                    "output folder (it is created if missing)"
+                )
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ConfigError(
+                    f"runtime.output_dir {path}: cannot write in {folder} (permission denied)"
+                )
+            return
+
+
+def check_run_inputs(config: PipelineConfig) -> None:
+    """The input resolves to readable files and the first one has the configured columns.
+
+    Raises:
+        InputDataError: nothing readable at `input.path`, or the first source lacks a
+            configured column or cannot be read at all.
+        ConfigError: the output folder cannot be created.
+    """
+    check_output(config.runtime.output_dir)
+    first = resolve_sources(config.input)[0]
+    if _header_is_cheap(first):
+        with closing(read_source(first, config.input)) as batches:
+            next(batches, None)
+
+
+def existing_run(output_dir: str, run_id: str) -> RunLayout:
+    """An existing run by id, or the newest completed one for ``latest``.
+
+    The id is checked like `RuntimeConfig.run_id`, so it names a folder inside
+    ``<output_dir>/runs`` (no ``..``, no absolute path).
+
+    Raises:
+        ConfigError: no such run, or no completed run for ``latest``.
+    """
+    check_output(output_dir)
+    output = Path(output_dir).expanduser().resolve()
+    if run_id == LATEST_RUN:
+        latest = output / LATEST_RUN
+        if not latest.exists():
+            raise ConfigError(f"no completed run in {output} (no 'latest' link)")
+        run_id = latest.resolve().name
+    try:
+        RuntimeConfig(run_id=run_id)
+    except ValidationError as exc:
+        raise ConfigError.from_validation_error(exc, "RuntimeConfig") from None
+    layout = RunLayout(output, run_id)
+    if not layout.manifest.exists():
+        raise ConfigError(f"no run {run_id!r} in {output / 'runs'}")
+    return layout
+
+
+def reusable_run(output_dir: str, run_id: str, steps: tuple[str, ...]) -> RunLayout:
+    """An existing run (see `existing_run`) in which every one of `steps` has completed.
+
+    Raises:
+        ConfigError: no such run, or one of `steps` has no record in it.
+    """
+    layout = existing_run(output_dir, run_id)
+    for step in steps:
+        if not (layout.steps / f"{step}.json").exists():
+            raise ConfigError(
+                f"run {layout.run_id} has no completed {step} step (see its manifest.json); "
+                "choose another run with --from/--run, or rerun it with --run-id "
+                f"{layout.run_id}"
+            )
+    return layout
+
+
+def check_recluster(config: PipelineConfig, source_run: str) -> RunLayout:
+    """The source run of a re-clustering: embedded, and not the run being written.
+
+    Raises:
+        ConfigError: no such run, it has no embeddings, or `config` names it as the new run.
+    """
+    source = reusable_run(config.runtime.output_dir, source_run, RECLUSTER_REUSES)
+    if config.runtime.run_id == source.run_id:
+        raise ConfigError("recluster needs a new run id, not the source run's")
+    return source
