@@ -65,5 +65,9 @@ def run_step(
     started = time.perf_counter()
     result = compute()
     record = save_step(layout, step, key, {**result, "seconds": time.perf_counter() - started})
-    get_run_logger().info("%s: %s rows in %.1f s", step, record.get("rows"), record["seconds"])
+    # The embed step names the device it ran on (None for supplied vectors).
+    device = f" on {record['device']}" if record.get("device") else ""
+    get_run_logger().info(
+        "%s: %s rows in %.1f s%s", step, record.get("rows"), record["seconds"], device
+    )
     return record

@@ -30,10 +30,11 @@ MAX_TABLE_ROWS = 100
 
 @task(name="ingest", **STEP_OPTIONS)
 def ingest_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
-    """Read the corpus into `corpus/` and `rejects/`."""
+    """Read the corpus into `corpus/` and `rejects/`, one chunk of files per Dask task."""
 
     def compute() -> dict:
-        result = ingest(config.input, layout.corpus, layout.rejects)
+        with dask_client(config.runtime):
+            result = ingest(config.input, layout.corpus, layout.rejects)
         record = asdict(result)
         record["per_source"] = {k: asdict(v) for k, v in result.per_source.items()}
         return {"rows": result.rows_ingested, **record}

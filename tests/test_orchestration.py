@@ -17,6 +17,7 @@ import pytest
 import tasks.steps
 from flows import pipeline
 from tests.helpers import task_states
+from udl import schema as S
 from udl.config import PipelineConfig
 from udl.errors import UdlError
 
@@ -157,7 +158,10 @@ def test_recluster_reuses_embeddings_without_touching_the_source(cli_run: Path) 
     assert (run_dir / "embeddings").resolve() == (cli_run / "embeddings").resolve()
     frame = pd.read_parquet(run_dir / "assignments")
     assert len(frame) == 1000
-    assert set(frame["cluster_id"]) == {0, 1, 2}
+    # Documents without features are not clustered (cluster_id -1, status "no_features").
+    clustered = frame[S.STATUS] == S.CLUSTERED
+    assert set(frame.loc[clustered, "cluster_id"]) == {0, 1, 2}
+    assert set(frame.loc[~clustered, S.STATUS]) <= {S.NO_FEATURES}
     metrics = json.loads((run_dir / "report" / "metrics.json").read_text())
     assert metrics["n_clusters"] == 3
     assert sorted(p.name for p in (cli_run / "models").iterdir()) == before
@@ -171,3 +175,30 @@ def test_rereport_with_other_settings(cli_run: Path) -> None:
         config.runtime.output_dir, "first", config.report.model_copy(update={"n_keywords": 3})
     )
     assert html.read_bytes() != first
+
+
+def test_ingest_runs_on_the_runs_dask_cluster_22(
+    small_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workers = []
+    real = tasks.steps.ingest
+
+    def on_dask(*args: Any, **kwargs: Any) -> Any:
+        from distributed import default_client
+
+        workers.append(len(default_client().scheduler_info()["workers"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.steps, "ingest", on_dask)
+    config = PipelineConfig().with_overrides(
+        {
+            "input.path": str(small_corpus),
+            "input.id_column": "doc_id",
+            "runtime.output_dir": str(tmp_path),
+            "runtime.run_id": "ingested",
+            "runtime.dask_workers": 1,
+        }
+    )
+    assert pipeline.ingest_only(config, return_state=True).is_completed()
+    assert workers == [1]
+    assert len(pd.read_parquet(tmp_path / "runs" / "ingested" / "corpus")) == 1000
