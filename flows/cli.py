@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from flows.runtime import (
+    STARTUP_TIMEOUT_SETTING,
+    Interrupted,
+    close_interrupted_dask,
+    interruptible,
+    prefect_api,
+    short_udl_errors,
+)
+from flows.summary import summary_lines
 from udl import __version__
 from udl.config import PipelineConfig, load_config
 from udl.errors import UdlError
+from udl.preflight import check_output, check_recluster, check_run_inputs, reusable_run
+from udl.storage import read_json
 
-OFFLINE_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+# Offline Prefect, and a temporary server that may take long to start on a busy machine (its
+# first start creates the database); a value the user set wins.
+ENV_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    STARTUP_TIMEOUT_SETTING: "120",
+}
 
 
 def _k(value: str) -> int | str:
@@ -86,18 +104,31 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
         "clustered directly and no encoder is trained; bad vectors go to rejects/",
     )
     parser.add_argument(
+        "--dask-address", metavar="ADDR", help="existing Dask scheduler (default: a local cluster)"
+    )
+
+
+def _add_encoder_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("encoder")
+    group.add_argument(
         "--encoder",
         choices=["autoencoder", "attention", "pretrained"],
         help="encoder (default: autoencoder; pretrained needs the 'pretrained' extra)",
     )
-    parser.add_argument(
+    group.add_argument("--dim", type=int, metavar="N", help="embedding dimension (default: 64)")
+    group.add_argument(
+        "--epochs", type=int, metavar="N", help="maximum training epochs (default: 15)"
+    )
+    group.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="torch device (default: auto, CUDA when present)",
+    )
+    group.add_argument(
         "--warm-start",
         metavar="previous|DIR",
         help="continue training the encoder of the previous run (keeps cluster ids stable "
         "night after night) or of a checkpoint folder",
-    )
-    parser.add_argument(
-        "--dask-address", metavar="ADDR", help="existing Dask scheduler (default: a local cluster)"
     )
 
 
@@ -115,11 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the whole pipeline on a corpus",
         description="Run ingest → preprocess → embed → cluster → report on INPUT. Options "
         "override the config file, which overrides the built-in defaults.",
+        epilog="To try another k or algorithm on the same embeddings without embedding again: "
+        "udl recluster --output DIR --from RUN --k N (or --algorithm dbscan).",
     )
     run.add_argument("input", metavar="INPUT", help="corpus file, folder, glob or fsspec URL")
     run.add_argument("--output", "-o", metavar="DIR", required=True, help="output root folder")
     _add_config_options(run)
     _add_input_options(run)
+    _add_encoder_options(run)
     _add_cluster_options(run)
 
     ingest = commands.add_parser(
@@ -169,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--name", default="nightly-clustering", help="deployment name")
     serve.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: 02:00 daily)")
     serve.add_argument("--timezone", default="UTC", help="timezone of the schedule (IANA name)")
+    serve.add_argument(
+        "--pause-on-shutdown",
+        action="store_true",
+        help="pause the schedule when serve stops (default: it stays active, and runs due "
+        "while serve is down start when it is back)",
+    )
     return parser
 
 
@@ -181,6 +221,9 @@ OVERRIDES = {
     "metadata_columns": "input.metadata_columns",
     "embedding_column": "input.embedding_column",
     "encoder": "encoder.kind",
+    "dim": "encoder.dim",
+    "epochs": "encoder.epochs",
+    "device": "encoder.device",
     "warm_start": "encoder.warm_start",
     "algorithm": "cluster.algorithm",
     "k": "cluster.k",
@@ -210,49 +253,91 @@ def _print_run(run_dir: Path) -> None:
     print(f"run:         {run_dir}")
     print(f"assignments: {run_dir / 'assignments'}")
     print(f"rejects:     {run_dir / 'rejects'}")
-    print(f"report:      {run_dir / 'report' / 'index.html'}")
     print(f"metrics:     {run_dir / 'report' / 'metrics.json'}")
     print(f"latest:      {run_dir.parent.parent / 'latest'}")
+    metrics = read_json(run_dir / "report" / "metrics.json")
+    for line in summary_lines(metrics):
+        print(line)
+    # Contract with the report: metrics.json lists every step's warnings (udl.report).
+    for warning in metrics.get("warnings", []):
+        print(f"udl: warning: {warning}", file=sys.stderr)
+    sys.stderr.flush()
+    print(f"report:      {run_dir / 'report' / 'index.html'}")
 
 
-def _dispatch(args: argparse.Namespace, config: PipelineConfig) -> int:
-    from flows import pipeline  # imports Prefect only once the arguments are valid
-
-    if args.command == "run":
-        _print_run(Path(pipeline.clustering_pipeline(config)))
-    elif args.command == "ingest":
-        run_dir = Path(pipeline.ingest_only(config))
-        print(f"run:     {run_dir}\ncorpus:  {run_dir / 'corpus'}\nrejects: {run_dir / 'rejects'}")
+def _preflight(args: argparse.Namespace, config: PipelineConfig) -> None:
+    """Fail on a wrong input, output or run before Prefect, Dask or any folder is started."""
+    if args.command in ("run", "ingest"):
+        check_run_inputs(config)
     elif args.command == "recluster":
-        _print_run(Path(pipeline.recluster(config, args.source_run)))
+        check_recluster(config, args.source_run)
     elif args.command == "report":
-        run_dir = Path(pipeline.rereport(args.output, args.report_run, config.report))
-        print(f"report:  {run_dir / 'report' / 'index.html'}")
+        reusable_run(args.output, args.report_run, ("cluster",))
     else:
-        from prefect.schedules import Cron
+        check_output(config.runtime.output_dir)
 
+
+def _serve(args: argparse.Namespace, config: PipelineConfig) -> None:
+    from prefect.schedules import Cron
+
+    from flows import pipeline
+
+    with prefect_api(full=True) as address:
+        if address:
+            print(f"Prefect UI of this serve (stops with it): {address}")
+        # Runs of one deployment never overlap: a nightly run that overruns delays the next.
         pipeline.clustering_pipeline.serve(
             name=args.name,
             schedules=[Cron(args.cron, timezone=args.timezone)],
             parameters={"config": config.model_dump(mode="json")},
+            global_limit=1,
+            pause_on_shutdown=args.pause_on_shutdown,
         )
-    return 0
+
+
+def _dispatch(args: argparse.Namespace, config: PipelineConfig) -> None:
+    from flows import pipeline  # imports Prefect only once the arguments are valid
+
+    with interruptible(), short_udl_errors(), prefect_api():
+        if args.command == "run":
+            run_dir = Path(pipeline.clustering_pipeline(config))
+        elif args.command == "ingest":
+            run_dir = Path(pipeline.ingest_only(config))
+        elif args.command == "recluster":
+            run_dir = Path(pipeline.recluster(config, args.source_run))
+        else:
+            run_dir = Path(pipeline.rereport(args.output, args.report_run, config.report))
+    if args.command in ("run", "recluster"):
+        _print_run(run_dir)
+    elif args.command == "ingest":
+        print(f"run:     {run_dir}\ncorpus:  {run_dir / 'corpus'}\nrejects: {run_dir / 'rejects'}")
+    else:
+        print(f"report:  {run_dir / 'report' / 'index.html'}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
+        _preflight(args, config)
     except UdlError as exc:
         print(f"udl: error: {exc}", file=sys.stderr)
         return 2
-    for name, value in OFFLINE_DEFAULTS.items():
+    for name, value in ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
     try:
-        return _dispatch(args, config)
+        if args.command == "serve":
+            _serve(args, config)
+        else:
+            _dispatch(args, config)
     except UdlError as exc:
         print(f"udl: error: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        close_interrupted_dask()
+        print(f"udl: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
+    return 0
 
 
 if __name__ == "__main__":

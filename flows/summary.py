@@ -1,0 +1,40 @@
+"""The closing lines of `udl run` and `udl recluster`: what was found, how good it is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["summary_lines"]
+
+LABEL_SCORES = ("nmi", "ari", "acc")
+
+
+def _number(value: Any) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _clusters(metrics: dict[str, Any]) -> str:
+    n = metrics.get("n_clusters")
+    if metrics.get("algorithm") == "dbscan":
+        eps = metrics.get("eps")
+        shown = "?" if eps is None else f"{eps:.4g}"
+        return (
+            f"{n} (DBSCAN, eps={shown}, min_samples={metrics.get('min_samples')}; "
+            f"{metrics.get('n_noise', 0)} noise documents)"
+        )
+    return f"k={metrics.get('k', n)} (k-means)"
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """Lines naming the clusters found (k, or eps for DBSCAN) and the headline scores.
+
+    Args:
+        metrics: the run's ``report/metrics.json``.
+
+    Returns:
+        ``clusters:`` and ``scores:`` lines; label scores (NMI, ARI, accuracy) appear only
+        when the corpus had labels.
+    """
+    scores = [f"silhouette {_number(metrics.get('silhouette'))}"]
+    scores += [f"{name} {_number(metrics[name])}" for name in LABEL_SCORES if name in metrics]
+    return [f"clusters:    {_clusters(metrics)}", f"scores:      {' · '.join(scores)}"]
