@@ -46,9 +46,11 @@ class ClusterResult:
     """What the clustering step chose and produced (all of it goes to metrics.json).
 
     Attributes:
-        selection: for ``k="auto"``, ``{"rule", "chosen", "candidates": [{k, silhouette,
-            calinski_harabasz, davies_bouldin, rank_sum}]}``; for ``eps="auto"``, ``{"rule",
-            "eps", "min_samples", "sample_size"}``; empty when both were given.
+        selection: for ``k="auto"``, ``{"rule", "tie_break", "chosen", "extended",
+            "at_edge", "candidates": [{k, silhouette, calinski_harabasz, davies_bouldin,
+            rank_sum}]}``; for ``eps="auto"``, ``{"rule", "eps", "min_samples", "sample_size",
+            "candidates": [{eps, source, n_clusters, noise_share, largest_share, silhouette,
+            score, eligible}]}``; empty when both were given.
         spherical: whether k-means was spherical (None for DBSCAN).
         exact: False only for DBSCAN with ``dbscan_nprobe`` above ``dbscan_flat_max``.
         warm_start: whether k-means started from the previous run's centroids.
