@@ -131,6 +131,7 @@ def _part(
             doc_id,
             pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), DIM),
             pa.array(rng.gamma(2.0, 0.2, rows).astype(np.float32)),
+            pa.array(np.ones(rows, bool)),
         ],
         schema=S.embeddings_schema(DIM),
     )
@@ -142,6 +143,7 @@ def _part(
             pa.array(distance.astype(np.float32)),
             pa.array(np.ones(rows, np.float32)),
             pa.array(np.full(rows, "bench")),
+            pa.array(np.full(rows, "clustered")),
             label,
         ],
         schema=S.ASSIGNMENTS_SCHEMA.append(pa.field(S.LABEL, pa.string())),
