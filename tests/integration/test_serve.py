@@ -3,9 +3,10 @@ a run triggered through the API and a run fired by the schedule both complete, a
 serve leaves the schedule active unless `--pause-on-shutdown` asks otherwise.
 
 Both served runs failed before in 0 s with "PipelineModel is not fully defined" (the flow
-reached the run's subprocess pickled by value, without the names of its string annotations).
-One server (~15 s to start) serves the module; each test starts its own `udl serve`. The
-schedule is cron `* * * * *` (the next minute boundary, up to 60 s away), polled every 2 s.
+reached the run's subprocess pickled by value, without the names of its string annotations),
+and stopping serve paused the schedule. One server (~15 s to start) serves the module; each
+test starts its own `udl serve`. The schedule is cron `* * * * *` (the next minute boundary,
+up to 60 s away), polled every 2 s; runs of the deployment never overlap.
 """
 
 from __future__ import annotations
@@ -144,41 +145,41 @@ def _assert_clustered(config: Path, corpus: Path) -> None:
     assert (output / "latest" / "report" / "index.html").is_file()
 
 
-def test_triggered_run_completes_and_pause_on_shutdown_pauses(
+def _started_scheduled_run(api: httpx.Client, deployment: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 150  # the next minute boundary, behind a triggered run
+    body = {"deployments": {"id": {"any_": [deployment]}}}
+    while True:
+        runs = api.post("/flow_runs/filter", json=body).json()
+        started = [r for r in runs if r["auto_scheduled"] and r["state_type"] != "SCHEDULED"]
+        if started:
+            return started[0]
+        assert time.monotonic() < deadline, "no scheduled run started within 150 s"
+        time.sleep(1)
+
+
+def test_triggered_and_scheduled_runs_complete(
     server_env: dict[str, str], nightly_config: Path, small_corpus: Path
 ) -> None:
     with (
         httpx.Client(base_url=server_env["PREFECT_API_URL"], timeout=30) as api,
-        serving(server_env, nightly_config, "on-demand", "--pause-on-shutdown") as deployment,
+        serving(
+            server_env, nightly_config, "every-minute", "--cron", "* * * * *", "--pause-on-shutdown"
+        ) as deployment,
     ):
         response = api.post(f"/deployments/{deployment}/create_flow_run", json={})
         response.raise_for_status()
         _wait_for_final_state(api, response.json()["id"])
-    _assert_clustered(nightly_config, small_corpus)
+        _assert_clustered(nightly_config, small_corpus)
+        _wait_for_final_state(api, _started_scheduled_run(api, deployment)["id"])
     with httpx.Client(base_url=server_env["PREFECT_API_URL"], timeout=30) as api:
         assert api.get(f"/deployments/{deployment}").json()["paused"] is True
 
 
-def test_scheduled_run_fires_and_schedule_survives_stopping_serve(
-    server_env: dict[str, str], nightly_config: Path, small_corpus: Path
+def test_stopping_serve_leaves_the_schedule_active(
+    server_env: dict[str, str], nightly_config: Path
 ) -> None:
-    with (
-        httpx.Client(base_url=server_env["PREFECT_API_URL"], timeout=30) as api,
-        serving(server_env, nightly_config, "every-minute", "--cron", "* * * * *") as deployment,
-    ):
-        deadline = time.monotonic() + 120
-        body = {"deployments": {"id": {"any_": [deployment]}}}
-        while not (
-            started := [
-                run
-                for run in api.post("/flow_runs/filter", json=body).json()
-                if run["auto_scheduled"] and run["state_type"] != "SCHEDULED"
-            ]
-        ):
-            assert time.monotonic() < deadline, "no scheduled run started within 120 s"
-            time.sleep(1)
-        _wait_for_final_state(api, started[0]["id"])
-    _assert_clustered(nightly_config, small_corpus)
+    with serving(server_env, nightly_config, "nightly-clustering") as deployment:
+        pass
     with httpx.Client(base_url=server_env["PREFECT_API_URL"], timeout=30) as api:
         stopped = api.get(f"/deployments/{deployment}").json()
     assert stopped["paused"] is False
