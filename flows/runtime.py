@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,6 +71,9 @@ def interruptible() -> Iterator[None]:
             signal.signal(each, signal.SIG_DFL)
         raise Interrupted(signum)
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach only the main thread; a caller elsewhere keeps its own policy
+        return
     previous = {each: signal.signal(each, handler) for each in handled}
     try:
         yield
