@@ -202,3 +202,21 @@ def test_ingest_runs_on_the_runs_dask_cluster_22(
     assert pipeline.ingest_only(config, return_state=True).is_completed()
     assert workers == [1]
     assert len(pd.read_parquet(tmp_path / "runs" / "ingested" / "corpus")) == 1000
+
+
+def test_a_refused_dask_address_leaves_no_default_client_22() -> None:
+    # Ingest now opens the configured scheduler too. A client that failed to start stayed the
+    # process's default, and the next computation (another run in a served process) hung.
+    import dask
+    from distributed import default_client
+
+    from udl.config import RuntimeConfig
+    from udl.errors import ConfigError
+    from udl.parallel import dask_client
+
+    runtime = RuntimeConfig(dask_address="tcp://udl:secret@127.0.0.1:8786")
+    with pytest.raises(ConfigError, match="not a Dask scheduler address"), dask_client(runtime):
+        pass
+    assert dask.config.get("scheduler", None) is None
+    with pytest.raises(ValueError, match="No clients found"):
+        default_client()

@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def dask_client(runtime: RuntimeConfig) -> Iterator[Client]:
-    """Open a Dask client, made the default scheduler inside the block.
+    """Open a Dask client, made the default scheduler inside the block only.
+
+    `Client.as_current` scopes it to the block (and this thread); `set_as_default` would
+    make it the process's default, which outlives a block that fails partway and makes every
+    later computation in the process wait on a closed cluster.
 
     With `runtime.dask_address` it connects to that scheduler (whose workers must reach the
     run's paths); otherwise it starts a LocalCluster of worker processes, one thread each,
@@ -32,13 +36,13 @@ def dask_client(runtime: RuntimeConfig) -> Iterator[Client]:
         shown = redact(runtime.dask_address)
         log.info("connecting to Dask scheduler %s", shown)
         try:
-            client = Client(runtime.dask_address, set_as_default=True)
+            client = Client(runtime.dask_address, set_as_default=False)
         except ValueError:
             raise ConfigError(
                 f"runtime.dask_address={shown!r} is not a Dask scheduler address "
                 "(tcp://host:port or tls://host:port; credentials go in Dask's TLS settings)"
             ) from None
-        with client:
+        with client, client.as_current():
             yield client
         return
     with (
@@ -49,7 +53,8 @@ def dask_client(runtime: RuntimeConfig) -> Iterator[Client]:
             memory_limit=runtime.dask_memory_limit,
             dashboard_address=None,
         ) as cluster,
-        Client(cluster, set_as_default=True) as client,
+        Client(cluster, set_as_default=False) as client,
+        client.as_current(),
     ):
         log.info("started local Dask cluster with %d workers", runtime.dask_workers)
         yield client
