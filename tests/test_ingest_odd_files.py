@@ -96,3 +96,35 @@ def test_a_header_with_a_quoted_line_break_lists_the_real_columns(tmp_path: Path
     path.write_bytes(b'id,"te\nxt"\n1,a\n')
     with pytest.raises(InputDataError, match=r"columns present: \['id', 'te\\nxt'\]"):
         ingest(InputConfig(path=str(path)), tmp_path / "corpus", tmp_path / "rejects")
+
+
+def test_files_left_out_for_their_format_are_a_warning_not_silence(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.csv").write_bytes(b"id,text\n1,one\n")
+    (folder / "notes.md").write_bytes(b"# not data")
+    (folder / "b.xlsx").write_bytes(b"PK")
+    (folder / ".hidden.csv").write_bytes(b"id,text\n2,two\n")
+    result = ingest(InputConfig(path=str(folder)), tmp_path / "corpus", tmp_path / "rejects")
+    assert result.rows_ingested == 1
+    (warning,) = result.warnings
+    assert warning == (
+        f"ingest: skipped 2 file(s) in {folder} with no known format (b.xlsx, notes.md); "
+        "rename them (*.csv, *.tsv, *.jsonl, *.parquet, *.txt) or set input.format to read them"
+    )
+
+
+@pytest.mark.parametrize(("bad", "good", "warned"), [(2, 8, True), (1, 199, False), (0, 5, False)])
+def test_a_share_of_rejected_rows_is_a_warning_in_the_step_record(
+    tmp_path: Path, bad: int, good: int, warned: bool
+) -> None:
+    path = tmp_path / "c.csv"
+    path.write_text("id,text\n" + "".join(f"g{i},text\n" for i in range(good)) + "x,\n" * bad)
+    result = ingest(
+        InputConfig(path=str(path), id_column="id"), tmp_path / "corpus", tmp_path / "rejects"
+    )
+    expected = (
+        f"ingest: rejected {bad} of {bad + good} rows ({bad / (bad + good):.1%}; "
+        f"empty_text: {bad}); see {tmp_path / 'rejects'} for each one's row, line and reason"
+    )
+    assert result.warnings == ([expected] if warned else [])

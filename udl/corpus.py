@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import shutil
 from collections import Counter
 from contextlib import closing
@@ -59,6 +60,9 @@ RESERVED = {S.DOC_ID, S.TEXT, S.SOURCE, S.ROW, S.TRUNCATED, S.LABEL}
 # Input bytes per ingest task: small files (a folder of texts) share a task, a big file has
 # one to itself. Parts never span chunks, so this also bounds how many partial parts appear.
 CHUNK_BYTES = 16 * 2**20
+# Share of rejected rows from which the step record carries a warning (below it, the rejects
+# are logged and counted by reason, but not flagged).
+REJECTED_WARNING = 0.01
 
 
 @dataclass
@@ -83,6 +87,7 @@ class IngestResult:
     columns: list[str]
     has_label: bool
     embedding_dim: int | None  # length of the supplied vectors; None without embedding_column
+    warnings: list[str]  # plain sentences a user can act on (skipped files, many rejects)
 
 
 @dataclass
@@ -278,7 +283,8 @@ def ingest(
             both folders are written, so the rejects can be inspected).
         ConfigError: the column configuration is inconsistent.
     """
-    sources = resolve_sources(config)
+    skipped: list[str] = []
+    sources = resolve_sources(config, skipped)
     dim = _supplied_dim(config, sources)
     schema = _corpus_schema(config, dim)
     chunks = _chunks(sources)
@@ -307,18 +313,42 @@ def ingest(
         columns=schema.names,
         has_label=config.label_column is not None,
         embedding_dim=dim,
+        warnings=[],
     )
-    if result.rows_rejected:
-        log.warning(
-            "rejected %d of %d rows %s; see %s",
-            result.rows_rejected,
-            result.rows_read,
-            result.rejected_by_reason,
-            rejects_dir,
-        )
+    result.warnings += _warnings(config, skipped, result, rejects_dir)
     if not result.rows_ingested and not allow_empty:
         raise _empty_corpus_error(config, sources, result, rejects_dir)
     return result
+
+
+def _warnings(
+    config: InputConfig, skipped: list[str], result: IngestResult, rejects_dir: Path
+) -> list[str]:
+    """What the user should know although ingest succeeded: files it did not read, and a
+    share of rejected rows (REJECTED_WARNING or more) that changes what is clustered."""
+    found = []
+    if skipped:
+        names = ", ".join(posixpath.basename(path) for path in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        found.append(
+            f"ingest: skipped {len(skipped)} file(s) in {config.path} with no known format "
+            f"({names}{more}); rename them (*.csv, *.tsv, *.jsonl, *.parquet, *.txt) or set "
+            "input.format to read them"
+        )
+    for warning in found:
+        log.warning(warning)
+    if result.rows_rejected:
+        top = sorted(result.rejected_by_reason.items(), key=lambda item: (-item[1], item[0]))
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in top[:3])
+        rejected = (
+            f"ingest: rejected {result.rows_rejected} of {result.rows_read} rows "
+            f"({result.rows_rejected / result.rows_read:.1%}; {reasons}); see {rejects_dir} "
+            "for each one's row, line and reason"
+        )
+        log.warning(rejected)  # logged whatever the share; flagged in the record from 1%
+        if result.rows_rejected >= REJECTED_WARNING * result.rows_read:
+            found.append(rejected)
+    return found
 
 
 def _empty_corpus_error(

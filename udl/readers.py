@@ -123,11 +123,13 @@ def _split_suffixes(path: str) -> tuple[str | None, str | None]:
     return FORMATS.get(ext), compression
 
 
-def resolve_sources(config: InputConfig) -> list[Source]:
+def resolve_sources(config: InputConfig, skipped: list[str] | None = None) -> list[Source]:
     """Expand the configured path (file, folder or glob, local or fsspec URL) into sources.
 
     Args:
         config: gives `path` and `format`.
+        skipped: if given, receives the paths of matched files left out for an unknown
+            format (hidden files, named ``.*`` or ``_*``, are left out silently).
 
     Returns:
         The matching files in sorted order (which fixes row order in the corpus).
@@ -153,6 +155,8 @@ def resolve_sources(config: InputConfig) -> list[Source]:
         fmt, compression = _split_suffixes(path)
         fmt = fmt if config.format == "auto" else config.format
         if fmt is None:
+            if skipped is not None:
+                skipped.append(path)
             continue
         name = posixpath.relpath(path, base) if base else path
         size = int(found[path].get("size") or 0)
