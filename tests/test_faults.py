@@ -8,6 +8,7 @@ documents, 3 epochs) and each test has its own output folder, so no run follows 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -391,6 +392,13 @@ def flaky_store(baseline: Baseline) -> Iterator[str]:
     FlakyStore.failing = set()
 
 
+@pytest.fixture
+def in_process_ingest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ingest in this process instead of on the run's Dask cluster: the flaky store lives in
+    this process's memory, and the secrets test's scheduler address reaches no scheduler."""
+    monkeypatch.setattr(tasks.steps, "dask_client", lambda runtime: contextlib.nullcontext())
+
+
 def _ingest(config: PipelineConfig, path: str, output: Path) -> Any:
     config = config.with_overrides({"input.path": path, "runtime.output_dir": str(output)})
     return pipeline.ingest_only(config, return_state=True)
@@ -402,6 +410,7 @@ def _fast_ingest_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "ingest_task", fast)
 
 
+@pytest.mark.usefixtures("in_process_ingest")
 def test_transient_storage_errors_are_absorbed_by_retries(
     baseline: Baseline, flaky_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -425,6 +434,7 @@ def test_transient_storage_errors_are_absorbed_by_retries(
     assert (ingested["rows_read"], ingested["rows_ingested"]) == (500, 500)
 
 
+@pytest.mark.usefixtures("in_process_ingest")
 def test_storage_errors_beyond_the_retries_fail_the_run_cleanly(
     baseline: Baseline, flaky_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -576,7 +586,8 @@ def test_k_larger_than_the_corpus_is_a_config_error_not_retried(
     config = baseline.config(output).with_overrides(
         {"runtime.run_id": "too-many-clusters", "cluster.k": 501}
     )
-    with pytest.raises(ConfigError, match=r"n_docs=500 should be >= k=501; lower k"):
+    # 2 of the 500 documents have no feature and are not clustered (status no_features).
+    with pytest.raises(ConfigError, match=r"n_docs=498 should be >= k=501; lower k"):
         pipeline.recluster(config, source_run=RUN_ID)
     assert len(calls) == 1, "a ConfigError must not be retried"
     run_dir = output / "runs" / "too-many-clusters"
@@ -588,6 +599,7 @@ def test_k_larger_than_the_corpus_is_a_config_error_not_retried(
 # --- 6. security: no secrets in run artifacts, run paths stay inside the output root -----------
 
 
+@pytest.mark.usefixtures("in_process_ingest")
 def test_secrets_in_settings_and_addresses_stay_out_of_run_artifacts(
     baseline: Baseline, tmp_path: Path
 ) -> None:
