@@ -41,10 +41,18 @@ def test_invalid_values_name_the_field(overrides: dict, field: str) -> None:
 def test_output_inside_input_is_refused(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    with pytest.raises(ConfigError, match=r"inside input\.path"):
+    with pytest.raises(ConfigError, match=r"inside input\.path") as raised:
         parse_config(
             {"input": {"path": str(corpus)}, "runtime": {"output_dir": str(corpus / "out")}}
         )
+    # A check across sections names the problem, not the whole config it was given.
+    assert "Got {" not in str(raised.value) and "n_features" not in str(raised.value)
+
+
+def test_long_invalid_values_are_shortened() -> None:
+    with pytest.raises(ConfigError, match=r"Got 'x{50}x*… instead\.$") as raised:
+        PipelineConfig().with_overrides({"encoder.kind": "x" * 500})
+    assert len(str(raised.value)) < 400
 
 
 def test_empty_strings_mean_unset() -> None:

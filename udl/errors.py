@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -24,9 +24,23 @@ class ConfigError(UdlError, ValueError):
         lines = []
         for err in exc.errors():
             loc = ".".join(str(part) for part in err["loc"]) or "<root>"
-            got = f" Got {err['input']!r} instead." if err["type"] != "missing" else ""
-            lines.append(f"The '{loc}' parameter of {model}: {err['msg']}.{got}")
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"The '{loc}' parameter of {model}: {message}.{_got(err)}")
         return cls("\n".join(lines))
+
+
+MAX_SHOWN_CHARS = 120
+
+
+def _got(err: Any) -> str:
+    """The offending value, when there is one worth showing: a model-level check's input is the
+    whole config, which would bury the message."""
+    if err["type"] == "missing" or isinstance(err["input"], dict):
+        return ""
+    shown = repr(err["input"])
+    if len(shown) > MAX_SHOWN_CHARS:
+        shown = shown[: MAX_SHOWN_CHARS - 1] + "…"
+    return f" Got {shown} instead."
 
 
 class InputDataError(UdlError):
