@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 CORPORA = {
     "wordnet": REPO.parent / "shared" / "data" / "wordnet_glosses" / "wordnet_glosses.parquet",
     "fortunes": REPO.parent / "shared" / "data" / "fortunes" / "fortunes.parquet",
+    "pydoc_dev": REPO.parent / "shared" / "data" / "pydoc_dev" / "pydoc_dev.parquet",
 }
 METHODS = ["tfidf+svd", "autoencoder", "autoencoder+dec", "attention", "pretrained"]
 
