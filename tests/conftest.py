@@ -8,6 +8,7 @@ flow run does not wait a second for its heartbeat thread.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# The teacher's distilled vocabulary (~1 min to make) is shared by test sessions on a machine,
+# outside the user's own cache.
+os.environ.setdefault("UDL_CACHE_DIR", str(Path(tempfile.gettempdir()) / "udl-test-cache"))
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "wordnet_sample.parquet"

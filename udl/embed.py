@@ -35,6 +35,7 @@ from udl.encoders.autoencoder import AutoencoderEncoder
 from udl.encoders.base import DocumentBatch, Encoder
 from udl.encoders.estimator import CONFIG_FILE, TorchEncoder
 from udl.encoders.training import TrainingResult
+from udl.encoders.twoview import TwoViewEncoder
 from udl.errors import ConfigError
 from udl.features import TFIDF_FILE, read_csr
 from udl.storage import atomic_dir, dataset_parts, sample_rows, write_part
@@ -79,7 +80,10 @@ class EmbedResult:
     train_seconds: float  # sampling, training, DEC and saving the checkpoint
     embed_seconds: float  # inference over every part, written to `embeddings/`
     device: str | None = None  # torch device of the encoder ("cpu", "cuda:0"); None: supplied
-    n_no_features: int = 0  # documents with an empty TF-IDF row (has_features False)
+    n_no_features: int = 0  # documents without features (has_features False)
+    teacher: str | None = None  # two_view: the teacher model's name; None without one
+    teacher_sample: int = 0  # two_view: documents the teacher embedded
+    teacher_seconds: float = 0.0  # two_view: loading, vocabulary distillation and the sample
 
 
 def read_documents(
@@ -145,12 +149,17 @@ def make_encoder(
         return PretrainedEncoder(config, seed)
     if config.warm_start is not None:
         previous = load_encoder(Path(config.warm_start), config.device)
+        if isinstance(previous, TwoViewEncoder) and config.kind == TwoViewEncoder.kind:
+            return previous.continue_with(config, preprocess, seed)
         if not isinstance(previous, TorchEncoder):
             raise ConfigError(
                 f"encoder.warm_start={config.warm_start!r} holds a {previous.kind!r} encoder, "
                 "which has no trained weights; name a trained encoder's checkpoint"
             )
         return previous.continue_with(config, preprocess, seed)
+    if config.kind == TwoViewEncoder.kind:
+        lexical = _kept_features(models_dir, config.two_view.lexical_features)[1]
+        return TwoViewEncoder(config, preprocess, lexical, seed)
     inputs, target = _kept_features(models_dir, config.reconstruct_features)
     return _ENCODERS[config.kind](config, preprocess, inputs, target, seed)
 
@@ -176,6 +185,8 @@ def load_encoder(folder: Path, device: str | None = None) -> Encoder:
         from udl.encoders.pretrained import PretrainedEncoder
 
         return PretrainedEncoder.load(folder, device)
+    if kind == TwoViewEncoder.kind:
+        return TwoViewEncoder.load(folder, device)
     return _ENCODERS[kind].load(folder, device)
 
 
@@ -221,8 +232,11 @@ def write_embeddings(
             tqdm(parts, desc="embed", unit="part", disable=None)
         ):
             doc_ids, docs = read_documents(corpus_part, features_part, n_features)
-            vectors, scores = encoder.transform(docs)
-            featured = has_features(docs) if reads_tfidf else None
+            if isinstance(encoder, TwoViewEncoder):
+                vectors, scores, featured = encoder.encode(docs)
+            else:
+                vectors, scores = encoder.transform(docs)
+                featured = has_features(docs) if reads_tfidf else None
             vectors = vectors.reshape(len(doc_ids), encoder.dim)
             write_part(_embeddings_table(doc_ids, vectors, scores, featured), out, index)
             n_docs += len(doc_ids)
@@ -381,6 +395,9 @@ def embed_corpus(
         embed_seconds=time.perf_counter() - trained,
         device=device,
         n_no_features=n_empty,
+        teacher=getattr(encoder, "teacher_", None),
+        teacher_sample=getattr(encoder, "teacher_sample_", 0),
+        teacher_seconds=getattr(encoder, "teacher_seconds_", 0.0),
     )
 
 

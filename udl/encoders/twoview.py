@@ -1,0 +1,470 @@
+"""The two-view encoder (the default): the teacher's semantics and the corpus's own words.
+
+A sentence-transformers teacher is the best view of short, everyday text and a poor one of long
+technical text, where identifiers carry the meaning and its window cuts most of the document;
+TF-IDF is the reverse. Every document gets both views, weighted by how much lexical evidence it
+has:
+
+- **Semantic view**: a student (`DistilledStudent`: the teacher's token vocabulary distilled
+  by Model2Vec, attention pooling by token salience, a linear head) fitted for a few epochs to
+  the teacher's embeddings of `two_view.teacher_sample` documents. It reads the whole text at
+  bag-of-tokens cost, so inference is a small fraction of the teacher's and long documents are
+  read past the teacher's window.
+- **Lexical view**: LSA of the document's TF-IDF (randomised truncated SVD of the training
+  sample over the `lexical_features` most frequent features).
+- **Mix**: both views L2-normalised and concatenated with per-document weights
+  sqrt(c / (n + c)) and sqrt(n / (n + c)), n the document's number of distinct TF-IDF features
+  and c = `two_view.semantic_terms`: the semantic vector counts as much as c distinct words.
+  A five-word title leans on the teacher, a docstring of a hundred identifiers on its words;
+  the vector stays unit-length. One constant for every corpus (measured in the README).
+
+Without a teacher (the extra not installed, or `teacher_sample` 0) one warning says so and the
+encoder is the lexical view alone. A document with neither a known token nor a TF-IDF feature
+gets the student's vector of an empty document (a constant) and `has_features` False, so
+clustering leaves it out instead of merging such documents into one cluster.
+
+The anomaly score is the distance of a document's vector from the principal subspace of the
+training sample's vectors, as for the pretrained encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from sklearn.utils.extmath import randomized_svd
+
+from udl.config import EncoderConfig, PreprocessConfig
+from udl.encoders.base import DocumentBatch, resolve_device, seed_everything
+from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE, feature_positions
+from udl.encoders.modules import DistilledStudent
+from udl.encoders.teacher import Teacher, missing_teacher
+from udl.encoders.training import TrainingResult, autocast, train
+from udl.errors import ConfigError, NotFittedError
+
+__all__ = ["LexicalView", "TokenBatch", "TwoViewEncoder", "mix_views"]
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILE = "tokenizer.json"
+ANOMALY_COMPONENTS = 16
+# Documents tokenised and pooled at a time during inference.
+INFERENCE_CHUNK = 4096
+
+
+def _unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def mix_views(
+    semantic: NDArray[np.float32],
+    lexical: NDArray[np.float32],
+    n_terms: NDArray[np.int64],
+    c: float,
+) -> NDArray[np.float32]:
+    """Concatenate unit semantic (n, a) and lexical (n, b) vectors with per-document weights
+    sqrt(c / (n_terms + c)) and sqrt(n_terms / (n_terms + c)); rows keep unit length.
+
+    Example:
+        >>> v = mix_views(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), np.array([24]), 24.0)
+        >>> np.round(v, 3).tolist()
+        [[0.707, 0.0, 0.0, 0.707]]
+    """
+    n = n_terms.astype(np.float64)[:, None]
+    semantic_weight = np.sqrt(c / (n + c))
+    lexical_weight = np.sqrt(n / (n + c))
+    return np.hstack([semantic_weight * semantic, lexical_weight * lexical]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LexicalView:
+    """LSA of TF-IDF rows.
+
+    Attributes:
+        features: sorted int64 (m,) hashed feature ids the view reads.
+        components: float32 (m, dim), the right singular vectors of the training TF-IDF.
+    """
+
+    features: NDArray[np.int64]
+    components: NDArray[np.float32]
+
+    @classmethod
+    def fit(
+        cls, tfidf: sp.csr_matrix, features: NDArray[np.int64], dim: int, seed: int
+    ) -> LexicalView:
+        """Randomised truncated SVD (Halko et al. 2011) of `tfidf` restricted to `features`;
+        columns beyond the rank the sample supports stay 0."""
+        x = _restrict(tfidf, features)
+        components = np.zeros((len(features), dim), np.float32)
+        rank = min(dim, min(x.shape) - 1)
+        if rank >= 1 and x.nnz:
+            _, _, vt = randomized_svd(x, rank, random_state=seed)
+            components[:, :rank] = vt.T
+        return cls(np.asarray(features, np.int64), components)
+
+    def transform(self, tfidf: sp.csr_matrix) -> NDArray[np.float32]:
+        """Unit LSA vectors (n, dim); zero for a document without any of the features."""
+        return _unit(np.asarray(_restrict(tfidf, self.features) @ self.components, np.float32))
+
+
+def _restrict(tfidf: sp.csr_matrix, features: NDArray[np.int64]) -> sp.csr_matrix:
+    """`tfidf` (n, n_hashed) as (n, len(features)) over the sorted feature ids `features`."""
+    pos, present = feature_positions(features, tfidf.indices.astype(np.int64))
+    rows = np.repeat(np.arange(tfidf.shape[0]), np.diff(tfidf.indptr))
+    return sp.csr_matrix(
+        (tfidf.data[present], (rows[present], pos[present])),
+        shape=(tfidf.shape[0], len(features)),
+        dtype=np.float32,
+    )
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Known token ids of many documents, CSR-style (document i is ids[offsets[i]:offsets[i+1]])."""
+
+    ids: NDArray[np.int64]
+    offsets: NDArray[np.int64]
+
+    def take(self, rows: NDArray[np.int64]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat ids and offsets (len(rows) + 1,) of `rows`, as torch tensors."""
+        starts, ends = self.offsets[rows], self.offsets[rows + 1]
+        lengths = ends - starts
+        ids = (
+            np.concatenate([self.ids[s:e] for s, e in zip(starts, ends, strict=True)])
+            if lengths.sum()
+            else np.zeros(0, np.int64)
+        )
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return torch.from_numpy(ids), torch.from_numpy(offsets)
+
+
+class TwoViewEncoder:
+    """Encoder protocol (fit, transform, save/load) of the two-view encoder.
+
+    Attributes:
+        dim: output width (teacher width + lexical_dim; lexical_dim alone without teacher).
+        student: the fitted `DistilledStudent`, None without a teacher.
+        lexical: the fitted `LexicalView` (None before fit).
+        teacher_: name of the teacher model; None without one.
+        teacher_seconds_: seconds the teacher spent (loading, vocabulary, sample).
+        training_: the student's per-epoch losses.
+    """
+
+    kind = "two_view"
+
+    def __init__(
+        self,
+        config: EncoderConfig,
+        preprocess: PreprocessConfig,
+        lexical_features: NDArray[np.int64],
+        seed: int = 0,
+    ) -> None:
+        """An unfitted encoder whose lexical view reads the sorted hashed feature ids
+        `lexical_features` (the `two_view.lexical_features` most frequent kept features).
+
+        Raises:
+            ConfigError: the TF-IDF kept no feature.
+        """
+        if len(lexical_features) == 0:
+            raise ConfigError(
+                "the TF-IDF kept no feature, so there is nothing to encode; lower "
+                "preprocess.min_df or raise preprocess.max_df"
+            )
+        self.config, self.preprocess, self.seed = config, preprocess, seed
+        self.lexical_features = np.asarray(lexical_features, np.int64)
+        self.device = resolve_device(config.device)
+        self.dim = config.two_view.lexical_dim
+        self.student: DistilledStudent | None = None
+        self.tokenizer_json: str | None = None
+        self._tokenizer = None
+        self.lexical: LexicalView | None = None
+        self.mean_: NDArray[np.float32] | None = None
+        self.components_: NDArray[np.float32] | None = None
+        self.teacher_: str | None = None
+        self.teacher_sample_ = 0
+        self.teacher_seconds_ = 0.0
+        self.training_: TrainingResult | None = None
+        self._fitted = False
+
+    @property
+    def n_parameters(self) -> int:
+        """Student parameters plus the lexical components."""
+        lexical = 0 if self.lexical is None else self.lexical.components.size
+        student = 0 if self.student is None else sum(p.numel() for p in self.student.parameters())
+        return lexical + student
+
+    def continue_with(self, config: EncoderConfig, preprocess: PreprocessConfig, seed: int) -> Self:
+        """Warm start: keep this fitted encoder as it is, so the embedding space does not move
+        (the nightly setting); only the device and batch settings come from `config`.
+
+        Raises:
+            ConfigError: `config` changes the views' shape or the hashing.
+        """
+        keep = {"kind", "two_view", "normalize"}
+        old, new = self.config.model_dump(include=keep), config.model_dump(include=keep)
+        if old != new or self.preprocess != preprocess:
+            raise ConfigError(
+                "encoder.warm_start: the checkpoint was fitted with other encoder.two_view, "
+                "normalize or preprocess settings; use the checkpoint's values or set "
+                "encoder.warm_start to empty to fit from scratch"
+            )
+        self.device = resolve_device(config.device)
+        if self.student is not None:
+            self.student.to(self.device)
+        return self
+
+    # --- fitting -------------------------------------------------------------------------
+
+    def fit(self, train_docs: DocumentBatch, valid_docs: DocumentBatch) -> Self:
+        """Fit the lexical view on `train_docs`, then the student on the teacher's embeddings
+        of the first `teacher_sample` of them (`valid_docs` stops its training early).
+
+        A warm-started encoder is already fitted and is left unchanged.
+        """
+        if self._fitted:
+            return self
+        cfg = self.config.two_view
+        seed_everything(self.seed)
+        self.lexical = LexicalView.fit(
+            train_docs.tfidf, self.lexical_features, cfg.lexical_dim, self.seed
+        )
+        reason = "encoder.two_view.teacher_sample is 0" if cfg.teacher_sample == 0 else None
+        reason = reason or missing_teacher(self.config.pretrained.model_path)
+        if reason:
+            log.warning("two_view: no teacher (%s); using the lexical view only", reason)
+        else:
+            self._fit_student(train_docs, valid_docs)
+        self.dim = self.lexical.components.shape[1] + (
+            self.student.dim if self.student is not None else 0
+        )
+        self._fitted = True
+        vectors = self._vectors(train_docs)[0]
+        self.mean_ = vectors.mean(axis=0)
+        n_components = min(ANOMALY_COMPONENTS, self.dim, max(len(vectors) - 1, 1))
+        _, _, vt = np.linalg.svd(vectors - self.mean_, full_matrices=False)
+        self.components_ = vt[:n_components].astype(np.float32)
+        return self
+
+    def _fit_student(self, train_docs: DocumentBatch, valid_docs: DocumentBatch) -> None:
+        cfg = self.config.two_view
+        started = time.perf_counter()
+        teacher = Teacher(self.config.pretrained.model_path, self.device, self.config.batch_size)
+        vocabulary = teacher.distill_vocabulary()
+        self.tokenizer_json = vocabulary.tokenizer_json
+        n_train = min(cfg.teacher_sample, len(train_docs))
+        n_valid = min(max(1, cfg.teacher_sample // 10), len(valid_docs))
+        train_texts, valid_texts = train_docs.texts[:n_train], valid_docs.texts[:n_valid]
+        sampled = time.perf_counter()
+        targets = torch.from_numpy(teacher.embed(train_texts))
+        valid_targets = torch.from_numpy(teacher.embed(valid_texts))
+        self.teacher_, self.teacher_sample_ = teacher.name, n_train + n_valid
+        log.info(
+            "teacher %s embedded %d sample documents in %.1f s",
+            teacher.name,
+            self.teacher_sample_,
+            time.perf_counter() - sampled,
+        )
+        del teacher
+        self.teacher_seconds_ = time.perf_counter() - started
+        tokens, valid_tokens = self.tokenize(train_texts), self.tokenize(valid_texts)
+        generator = seed_everything(self.seed)
+        vectors = torch.from_numpy(vocabulary.vectors)
+        student = DistilledStudent(len(vectors), vectors.shape[1], targets.shape[1])
+        with torch.no_grad():
+            student.tokens.weight.copy_(vectors)
+            student.head.weight.copy_(_least_squares_head(student, tokens, targets))
+        student.head.bias.data.zero_()
+        student.to(self.device)
+        self.student = student
+
+        def loss(batch: TokenBatch, target: torch.Tensor, rows: NDArray[np.int64]) -> torch.Tensor:
+            ids, offsets = batch.take(rows)
+            output = student(ids.to(self.device), offsets.to(self.device))
+            return 1.0 - F.cosine_similarity(output.float(), target[rows].to(self.device), dim=1)
+
+        self.training_ = train(
+            student,
+            lambda rows: loss(tokens, targets, rows),
+            lambda rows: loss(valid_tokens, valid_targets, rows),
+            n_train,
+            n_valid,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            patience=self.config.patience,
+            generator=generator,
+            device=self.device,
+            desc="two_view student",
+        )
+
+    # --- inference -----------------------------------------------------------------------
+
+    def tokenize(self, texts: list[str]) -> TokenBatch:
+        """Known token ids of every text, whole (no truncation); unknown pieces are dropped."""
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_str(self.tokenizer_json)
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
+            self._tokenizer = tokenizer
+        unknown = self._tokenizer.token_to_id("[UNK]")
+        encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        ids = [np.asarray(e.ids, np.int64) for e in encodings]
+        if unknown is not None:
+            ids = [i[i != unknown] for i in ids]
+        lengths = np.array([len(i) for i in ids], np.int64)
+        flat = np.concatenate(ids) if lengths.sum() else np.zeros(0, np.int64)
+        return TokenBatch(flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+    @torch.no_grad()
+    def _semantic(self, tokens: TokenBatch) -> NDArray[np.float32]:
+        assert self.student is not None
+        self.student.eval()
+        n = len(tokens.offsets) - 1
+        out = np.zeros((n, self.student.dim), np.float32)
+        for start in range(0, n, INFERENCE_CHUNK):
+            rows = np.arange(start, min(start + INFERENCE_CHUNK, n))
+            ids, offsets = tokens.take(rows)
+            with autocast(self.device):
+                vectors = self.student(ids.to(self.device), offsets.to(self.device))
+            out[rows] = vectors.float().cpu().numpy()
+        return _unit(out)
+
+    def _vectors(self, docs: DocumentBatch) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """Mixed vectors (n, dim), unscaled by `normalize`, and `has_features` (n,)."""
+        if not self._fitted or self.lexical is None:
+            raise NotFittedError("TwoViewEncoder used before fit")
+        lexical = self.lexical.transform(docs.tfidf)
+        n_terms = np.diff(docs.tfidf.indptr)
+        if self.student is None:
+            return lexical, n_terms > 0
+        tokens = self.tokenize(docs.texts)
+        vectors = mix_views(
+            self._semantic(tokens), lexical, n_terms, self.config.two_view.semantic_terms
+        )
+        return vectors, (n_terms > 0) | (np.diff(tokens.offsets) > 0)
+
+    def encode(
+        self, docs: DocumentBatch
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
+        """Embeddings (n, dim) float32, anomaly scores (n,) float32, and whether each document
+        has a TF-IDF feature or a token the student knows (n,) bool."""
+        vectors, featured = self._vectors(docs)
+        assert self.mean_ is not None and self.components_ is not None
+        centred = vectors - self.mean_
+        residual = centred - (centred @ self.components_.T) @ self.components_
+        scores = np.linalg.norm(residual, axis=1).astype(np.float32)
+        if self.config.normalize:
+            vectors = _unit(vectors)
+        return vectors, scores, featured
+
+    def transform(self, docs: DocumentBatch) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Embeddings (n_docs, dim) float32 and anomaly scores (n_docs,) float32."""
+        vectors, scores, _ = self.encode(docs)
+        return vectors, scores
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def save(self, folder: Path) -> None:
+        """Write `config.json`, `tokenizer.json` (with a student) and `weights.pt` (tensors)."""
+        if not self._fitted or self.lexical is None:
+            raise NotFittedError("TwoViewEncoder.save called before fit")
+        assert self.mean_ is not None and self.components_ is not None
+        folder.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "kind": self.kind,
+            "encoder": self.config.model_dump(),
+            "preprocess": self.preprocess.model_dump(),
+            "student": None if self.student is None else self.student.get_config_dict(),
+            "teacher": self.teacher_,
+            "teacher_sample": self.teacher_sample_,
+            "seed": self.seed,
+        }
+        (folder / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
+        if self.tokenizer_json is not None:
+            (folder / TOKENIZER_FILE).write_text(self.tokenizer_json)
+        state = {
+            "lexical_features": torch.from_numpy(self.lexical_features),
+            "lexical_view_features": torch.from_numpy(self.lexical.features),
+            "lexical_components": torch.from_numpy(self.lexical.components),
+            "mean": torch.from_numpy(self.mean_),
+            "components": torch.from_numpy(self.components_),
+        }
+        if self.student is not None:
+            state |= {f"student.{k}": v.cpu() for k, v in self.student.state_dict().items()}
+        torch.save(state, folder / WEIGHTS_FILE)
+
+    @classmethod
+    def load(cls, folder: Path, device: str | None = None) -> Self:
+        """Rebuild from `save`'s files; weights load with `weights_only=True` (no pickle)."""
+        try:
+            payload = json.loads((folder / CONFIG_FILE).read_text())
+            config = EncoderConfig.model_validate(payload["encoder"])
+            if device:
+                config = config.model_copy(update={"device": device})
+            preprocess = PreprocessConfig.model_validate(payload["preprocess"])
+            state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+            encoder = cls(config, preprocess, state["lexical_features"].numpy(), payload["seed"])
+            encoder.lexical = LexicalView(
+                state["lexical_view_features"].numpy(), state["lexical_components"].numpy()
+            )
+            encoder.mean_ = state["mean"].numpy()
+            encoder.components_ = state["components"].numpy()
+            if payload["student"] is not None:
+                student = DistilledStudent(**payload["student"])
+                student.load_state_dict(
+                    {
+                        k.removeprefix("student."): v
+                        for k, v in state.items()
+                        if k.startswith("student.")
+                    }
+                )
+                encoder.student = student.to(encoder.device)
+                encoder.tokenizer_json = (folder / TOKENIZER_FILE).read_text()
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            RuntimeError,
+            TypeError,
+            pickle.UnpicklingError,
+        ) as exc:
+            raise ConfigError(
+                f"encoder checkpoint {folder} cannot be loaded ({type(exc).__name__}: {exc}); "
+                "give a folder written by udl (runs/<id>/models/encoder) or train from scratch"
+            ) from None
+        encoder.teacher_ = payload["teacher"]
+        encoder.teacher_sample_ = payload["teacher_sample"]
+        encoder.dim = encoder.lexical.components.shape[1] + (
+            encoder.student.dim if encoder.student is not None else 0
+        )
+        encoder._fitted = True
+        return encoder
+
+
+def _least_squares_head(
+    student: DistilledStudent, tokens: TokenBatch, targets: torch.Tensor
+) -> torch.Tensor:
+    """Head weights (dim, token_dim) mapping the initial pooled vectors to the teacher's
+    embeddings by ridge regression: training starts from the distilled model's best linear
+    reading instead of a random projection. The ridge (a tenth of the mean feature variance)
+    keeps a sample smaller than the token width from being interpolated."""
+    pooled = student.pool(*tokens.take(np.arange(len(tokens.offsets) - 1))).double()
+    gram = pooled.T @ pooled
+    ridge = 0.1 * torch.trace(gram) / gram.shape[0]
+    solution = torch.linalg.solve(
+        gram + ridge * torch.eye(gram.shape[0]), pooled.T @ targets.double()
+    )
+    return solution.T.float()
