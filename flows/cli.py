@@ -112,10 +112,16 @@ def _add_encoder_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("encoder")
     group.add_argument(
         "--encoder",
-        choices=["autoencoder", "attention", "pretrained"],
-        help="encoder (default: autoencoder; pretrained needs the 'pretrained' extra)",
+        choices=["two_view", "autoencoder", "attention", "pretrained"],
+        help="encoder (default: two_view, the teacher's semantics and the corpus's words; "
+        "its teacher and pretrained need the 'pretrained' extra)",
     )
-    group.add_argument("--dim", type=int, metavar="N", help="embedding dimension (default: 64)")
+    group.add_argument(
+        "--dim",
+        type=int,
+        metavar="N",
+        help="embedding dimension of the autoencoder and attention encoder (default: 64)",
+    )
     group.add_argument(
         "--epochs", type=int, metavar="N", help="maximum training epochs (default: 15)"
     )

@@ -103,7 +103,7 @@ def clustering_pipeline(config: PipelineConfig = PipelineConfig()) -> str:  # no
         for_run(ingest_task, layout, runtime)(layout, config, key)
         key = step_key("preprocess", key, config.preprocess)
         for_run(preprocess_task, layout, runtime)(layout, config, key)
-        key = step_key("embed", key, config.encoder, runtime.seed)
+        key = step_key("embed", key, config.run_encoder, runtime.seed)
         space = embedding_space(config, key)
         for_run(embed_task, layout, runtime)(layout, config, key, space)
         _cluster_and_report(layout, config, key, previous)

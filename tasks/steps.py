@@ -67,7 +67,7 @@ def embed_task(layout: RunLayout, config: PipelineConfig, key: str, space: str) 
             layout.features,
             layout.embeddings,
             layout.models,
-            config.encoder,
+            config.run_encoder,
             config.preprocess,
             config.runtime.seed,
         )

@@ -33,8 +33,9 @@ PREPROCESS = PreprocessConfig(n_features=2**12)
 CONFIG = EncoderConfig(
     kind="two_view",
     max_train_docs=800,
+    epochs=4,
     device="cpu",
-    two_view=TwoViewConfig(teacher_sample=300, epochs=4, lexical_dim=32),
+    two_view=TwoViewConfig(teacher_sample=300, lexical_dim=32),
 )
 
 
@@ -259,6 +260,45 @@ def test_mix_weights_follow_the_lexical_evidence() -> None:
     assert mixed[0].tolist() == [1.0, 0.0, 0.0, 0.0]
     assert mixed[1, 0] == pytest.approx(mixed[1, 3])
     assert mixed[2, 3] > 3 * mixed[2, 0]
+
+
+def test_dec_refines_the_student_and_survives_a_checkpoint(run: Path, tmp_path: Path) -> None:
+    """DEC on the default encoder: the student moves towards k tight clusters (the lexical
+    view does not), stops within its bound, and the saved encoder reproduces the result."""
+    import shutil
+
+    from udl.config import DECConfig
+
+    config = CONFIG.model_copy(
+        update={"dec": DECConfig(method="idec", n_clusters=4, max_iterations=60, max_docs=500)}
+    )
+    outputs = {}
+    for name, encoder_config in (("plain", CONFIG), ("dec", config)):
+        shutil.copytree(run / "models", tmp_path / name / "models")
+        result = embed_corpus(
+            run / "corpus",
+            run / "features",
+            tmp_path / name / "embeddings",
+            tmp_path / name / "models",
+            encoder_config,
+            PREPROCESS,
+            0,
+        )
+        outputs[name] = read_embeddings(tmp_path / name / "embeddings")[1]
+    assert 0 < result.dec_iterations <= 60
+    plain, refined = outputs["plain"], outputs["dec"]
+    assert not np.allclose(refined, plain, atol=1e-4)
+    # The lexical half (last lexical_dim columns, before normalisation) is untouched: per
+    # document it stays parallel to the plain encoder's.
+    lexical = slice(384, 384 + 32)
+    cosine = np.sum(refined[:, lexical] * plain[:, lexical], axis=1) / np.maximum(
+        np.linalg.norm(refined[:, lexical], axis=1) * np.linalg.norm(plain[:, lexical], axis=1),
+        1e-12,
+    )
+    assert np.all(cosine[np.linalg.norm(plain[:, lexical], axis=1) > 0] > 0.999)
+    docs, _ = _documents(run)
+    reloaded = load_encoder(tmp_path / "dec" / "models" / "encoder").transform(docs)[0]
+    np.testing.assert_allclose(reloaded, refined, rtol=0, atol=1e-6)
 
 
 @pytest.mark.gpu

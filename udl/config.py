@@ -164,7 +164,17 @@ class DECConfig(_Frozen):
         description="'dec': KL to the sharpened target only; 'idec': plus the reconstruction "
         "loss, which keeps the embedding faithful to the documents.",
     )
-    n_clusters: int = Field(10, ge=2, description="Clusters DEC refines towards.")
+    n_clusters: int | None = Field(
+        None,
+        ge=2,
+        description="Clusters DEC refines towards; empty takes cluster.k (10 when k is auto).",
+    )
+    max_docs: int = Field(
+        20_000,
+        ge=100,
+        description="DEC refines on at most this many of the training documents, which bounds "
+        "its time (each target update re-encodes all of them).",
+    )
     alpha: float = Field(1.0, gt=0.0, description="Degrees of freedom of the Student-t kernel.")
     gamma: float = Field(0.1, ge=0.0, description="IDEC: weight of the reconstruction loss.")
     tol: float = Field(
@@ -175,6 +185,11 @@ class DECConfig(_Frozen):
     )
     max_iterations: int = Field(2000, ge=1, description="Upper bound on DEC mini-batches.")
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Adam learning rate of DEC.")
+
+    @field_validator("n_clusters", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
 
 
 class PretrainedConfig(_Frozen):
@@ -219,7 +234,6 @@ class TwoViewConfig(_Frozen):
         "its lexical view: short texts lean on the teacher's semantics, long ones on their "
         "own words.",
     )
-    epochs: int = Field(10, ge=1, le=1000, description="Maximum student training epochs.")
     batch_size: int = Field(64, ge=8, description="Student training batch size.")
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Student Adam learning rate.")
 
@@ -251,7 +265,15 @@ class EncoderConfig(_Frozen):
     noise: float = Field(
         0.2, ge=0.0, lt=1.0, description="Share of input features masked while training."
     )
-    epochs: int = Field(15, ge=1, le=1000, description="Maximum training epochs.")
+    epochs: int = Field(
+        15, ge=1, le=1000, description="Maximum training epochs (two_view: of its student)."
+    )
+    max_doc_epochs: int = Field(
+        1_000_000,
+        ge=1000,
+        description="Training cost bound: epochs x training documents at most this (a large "
+        "sample trains fewer epochs, at least one).",
+    )
     batch_size: int = Field(256, ge=8, description="Training and inference batch size.")
     learning_rate: float = Field(2e-3, gt=0.0, le=1.0, description="Adam learning rate.")
     patience: int = Field(3, ge=1, description="Epochs without validation gain before stopping.")
@@ -472,6 +494,16 @@ class PipelineConfig(_Frozen):
                 "vectors are clustered as they are; no encoder is trained)"
             )
         return self
+
+    @property
+    def run_encoder(self) -> EncoderConfig:
+        """`encoder` as the embed step runs it: DEC's empty `n_clusters` becomes `cluster.k`
+        (10 when k is auto). Step keys hash this, so changing k re-runs a DEC embed step."""
+        dec = self.encoder.dec
+        if dec.n_clusters is not None:
+            return self.encoder
+        k = self.cluster.k if isinstance(self.cluster.k, int) else 10
+        return self.encoder.model_copy(update={"dec": dec.model_copy(update={"n_clusters": k})})
 
     def with_overrides(self, overrides: dict[str, Any]) -> PipelineConfig:
         """Return a copy with dotted-path overrides applied, validated again.

@@ -373,8 +373,8 @@ def embed_corpus(
     log.info("embedding on %s", device)
     encoder.fit(train, valid if n_valid else train)
     dec = None
-    if encoder_config.dec.method != "none" and isinstance(encoder, TorchEncoder):
-        dec = encoder.refine_clusters(sample)
+    if encoder_config.dec.method != "none" and isinstance(encoder, TorchEncoder | TwoViewEncoder):
+        dec = encoder.refine_clusters(sample.take(order[: encoder_config.dec.max_docs]))
     encoder.save(models_dir / ENCODER_DIR)
     trained = time.perf_counter()
     n_docs, n_empty = write_embeddings(

@@ -37,6 +37,8 @@ __all__ = ["DECResult", "refine", "soft_assignment", "target_distribution"]
 
 log = logging.getLogger(__name__)
 
+# Clusters when `DECConfig.n_clusters` is empty and no cluster.k resolved it (library use).
+DEFAULT_CLUSTERS = 10
 # Maps a batch of row positions to (codes (b, dim), reconstruction errors (b,)).
 CodeFn = Callable[[NDArray[np.int64]], tuple[torch.Tensor, torch.Tensor]]
 
@@ -154,14 +156,15 @@ def refine(
     Raises:
         ConfigError: fewer training documents than clusters.
     """
-    if n_docs < config.n_clusters:
+    n_clusters = config.n_clusters or DEFAULT_CLUSTERS
+    if n_docs < n_clusters:
         raise ConfigError(
             f"n_docs={n_docs} training documents should be >= encoder.dec.n_clusters="
-            f"{config.n_clusters}; lower n_clusters or raise encoder.max_train_docs."
+            f"{n_clusters}; lower n_clusters or raise encoder.max_train_docs."
         )
     device = next(model.parameters()).device
     codes = _all_codes(model, code_fn, n_docs, batch_size)
-    kmeans = FaissKMeans(config.n_clusters, metric="l2", nredo=3, seed=seed).fit(codes.numpy())
+    kmeans = FaissKMeans(n_clusters, metric="l2", nredo=3, seed=seed).fit(codes.numpy())
     centroids = nn.Parameter(torch.from_numpy(kmeans.cluster_centers_).to(device))
     labels = kmeans.predict(codes.numpy())[0].astype(np.int64)
     result = DECResult(kmeans.cluster_centers_, labels, labels.copy())

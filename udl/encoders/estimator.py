@@ -26,7 +26,7 @@ from udl.config import EncoderConfig, PreprocessConfig
 from udl.encoders.base import DocumentBatch, resolve_device, seed_everything
 from udl.encoders.dec import DECResult, refine
 from udl.encoders.modules import cosine_error
-from udl.encoders.training import TrainingResult, autocast, train
+from udl.encoders.training import TrainingResult, autocast, epoch_budget, train
 from udl.errors import ConfigError
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "Prepared", "TorchEncoder", "feature_positions"]
@@ -184,7 +184,7 @@ class TorchEncoder(ABC):
             lambda rows: self.encode_rows(valid_set, rows)[1],
             len(train_set),
             len(valid_set),
-            epochs=cfg.epochs,
+            epochs=epoch_budget(cfg.epochs, len(train_set), cfg.max_doc_epochs),
             batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate,
             patience=cfg.patience,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["TrainingResult", "train"]
+__all__ = ["TrainingResult", "epoch_budget", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,17 @@ def _batches(
         yield order[start : start + batch_size]
 
 
+def epoch_budget(epochs: int, n_train: int, max_doc_epochs: int) -> int:
+    """Epochs to run: at most `epochs`, and at most `max_doc_epochs` document passes in all, so
+    a large training sample trains fewer epochs (never fewer than one).
+
+    Example:
+        >>> epoch_budget(15, 1_000, 1_000_000), epoch_budget(15, 200_000, 1_000_000)
+        (15, 5)
+    """
+    return max(1, min(epochs, max_doc_epochs // max(n_train, 1)))
+
+
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; a no-op on CPU so CPU runs stay exact and deterministic."""
     if device.type == "cuda":
@@ -113,6 +125,7 @@ def train(
     result = TrainingResult()
     best_state = copy.deepcopy(model.state_dict())
     best, stale = float("inf"), 0
+    started = time.perf_counter()
     for epoch in tqdm(range(epochs), desc=desc, unit="epoch", disable=None):
         model.train()
         total = 0.0
@@ -127,12 +140,16 @@ def train(
         result.valid_loss.append(
             _evaluate(model, valid_loss, n_valid, batch_size, device, valid_lengths)
         )
+        elapsed = time.perf_counter() - started
         log.info(
-            "%s epoch %d: train %.5f valid %.5f",
+            "%s epoch %d/%d: train %.5f valid %.5f, %.0f docs/s, ETA %.0f s (at most)",
             desc,
-            epoch,
+            epoch + 1,
+            epochs,
             result.train_loss[-1],
             result.valid_loss[-1],
+            (epoch + 1) * (n_train + n_valid) / max(elapsed, 1e-9),
+            elapsed / (epoch + 1) * (epochs - epoch - 1),
         )
         if result.valid_loss[-1] < best * 0.999:
             best, stale, result.best_epoch = result.valid_loss[-1], 0, epoch

@@ -6,7 +6,7 @@ TF-IDF is the reverse. Every document gets both views, weighted by how much lexi
 has:
 
 - **Semantic view**: a student (`DistilledStudent`: the teacher's token vocabulary distilled
-  by Model2Vec, attention pooling by token salience, a linear head) fitted for a few epochs to
+  by Model2Vec, attention pooling by token salience, a linear head) fitted (early-stopped) to
   the teacher's embeddings of `two_view.teacher_sample` documents. It reads the whole text at
   bag-of-tokens cost, so inference is a small fraction of the teacher's and long documents are
   read past the teacher's window.
@@ -46,10 +46,11 @@ from sklearn.utils.extmath import randomized_svd
 
 from udl.config import EncoderConfig, PreprocessConfig
 from udl.encoders.base import DocumentBatch, resolve_device, seed_everything
+from udl.encoders.dec import DECResult, refine
 from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE, feature_positions
 from udl.encoders.modules import DistilledStudent
 from udl.encoders.teacher import Teacher, missing_teacher
-from udl.encoders.training import TrainingResult, autocast, train
+from udl.encoders.training import TrainingResult, autocast, epoch_budget, train
 from udl.errors import ConfigError, NotFittedError
 
 __all__ = ["LexicalView", "TokenBatch", "TwoViewEncoder", "mix_views"]
@@ -249,12 +250,54 @@ class TwoViewEncoder:
             self.student.dim if self.student is not None else 0
         )
         self._fitted = True
-        vectors = self._vectors(train_docs)[0]
+        self._fit_anomaly(train_docs)
+        return self
+
+    def _fit_anomaly(self, docs: DocumentBatch) -> None:
+        """Principal subspace of the vectors of `docs`, for the anomaly score."""
+        vectors = self._vectors(docs)[0]
         self.mean_ = vectors.mean(axis=0)
         n_components = min(ANOMALY_COMPONENTS, self.dim, max(len(vectors) - 1, 1))
         _, _, vt = np.linalg.svd(vectors - self.mean_, full_matrices=False)
         self.components_ = vt[:n_components].astype(np.float32)
-        return self
+
+    def refine_clusters(self, docs: DocumentBatch) -> DECResult | None:
+        """DEC/IDEC (`config.dec`) on `docs`, after `fit`: the student moves, the lexical view
+        stays; IDEC's reconstruction term is the student's drift from its distilled output
+        (1 - cosine), which keeps the semantics the teacher gave it.
+
+        Returns None, with a warning, without a student: the lexical view has nothing to train.
+        """
+        if self.student is None or self.lexical is None:
+            log.warning("two_view: no student (no teacher), so DEC has nothing to refine; skipped")
+            return None
+        student, device = self.student, self.device
+        tokens = self.tokenize(docs.texts)
+        lexical = torch.from_numpy(self.lexical.transform(docs.tfidf)).to(device)
+        n = np.diff(docs.tfidf.indptr).astype(np.float64)[:, None]
+        c = self.config.two_view.semantic_terms
+        semantic_weight = torch.from_numpy(np.sqrt(c / (n + c))).float().to(device)
+        lexical_weight = torch.from_numpy(np.sqrt(n / (n + c))).float().to(device)
+        distilled = torch.from_numpy(self._semantic(tokens)).to(device)
+
+        def codes(rows: NDArray[np.int64]) -> tuple[torch.Tensor, torch.Tensor]:
+            ids, offsets = tokens.take(rows)
+            semantic = F.normalize(student(ids.to(device), offsets.to(device)).float(), dim=1)
+            code = torch.cat(
+                [semantic_weight[rows] * semantic, lexical_weight[rows] * lexical[rows]], dim=1
+            )
+            return code, 1.0 - (semantic * distilled[rows]).sum(dim=1)
+
+        result = refine(
+            student,
+            codes,
+            len(docs),
+            self.config.dec,
+            batch_size=self.config.batch_size,
+            seed=self.seed,
+        )
+        self._fit_anomaly(docs)
+        return result
 
     def _fit_student(self, train_docs: DocumentBatch, valid_docs: DocumentBatch) -> None:
         cfg = self.config.two_view
@@ -299,7 +342,7 @@ class TwoViewEncoder:
             lambda rows: loss(valid_tokens, valid_targets, rows),
             n_train,
             n_valid,
-            epochs=cfg.epochs,
+            epochs=epoch_budget(self.config.epochs, n_train, self.config.max_doc_epochs),
             batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate,
             patience=self.config.patience,
