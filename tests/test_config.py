@@ -14,7 +14,7 @@ from udl.errors import ConfigError
 def test_defaults_run_the_bundled_sample() -> None:
     config = PipelineConfig()
     assert config.input.path == "data/sample/wordnet_sample.parquet"
-    assert config.encoder.kind == "autoencoder"
+    assert config.encoder.kind == "two_view"
     assert config.cluster.algorithm == "kmeans"
     assert config.cluster.k == 10
 

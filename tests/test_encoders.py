@@ -51,6 +51,7 @@ from udl.storage import dataset_parts
 KINDS = ["autoencoder", "attention"]
 PREPROCESS = PreprocessConfig(n_features=2**12)
 TINY = EncoderConfig(
+    kind="autoencoder",
     dim=8,
     hidden_dim=32,
     reconstruct_features=256,
@@ -403,8 +404,10 @@ def test_embed_corpus_with_idec_keeps_its_centroids(run: Run, tmp_path: Path) ->
 def test_encoder_config_errors_name_the_parameter() -> None:
     with pytest.raises(ConfigError, match=r"model_dim=30 must be a multiple of n_heads=4"):
         PipelineConfig().with_overrides({"encoder.attention.model_dim": 30})
-    with pytest.raises(ConfigError, match=r"dec.method must be 'none' for kind='pretrained'"):
-        PipelineConfig().with_overrides({"encoder.kind": "pretrained", "encoder.dec.method": "dec"})
+    with pytest.raises(ConfigError, match=r"warm_start must be empty for kind='pretrained'"):
+        PipelineConfig().with_overrides(
+            {"encoder.kind": "pretrained", "encoder.warm_start": "previous"}
+        )
     with pytest.raises(ConfigError, match=r"encoder\.dec\.tol"):
         PipelineConfig().with_overrides({"encoder.dec.tol": 1.5})
 
@@ -443,6 +446,17 @@ def test_pretrained_minilm_embeds_offline_with_anomaly_scores(
     encoder.save(tmp_path)
     loaded_vectors, loaded_scores = load_encoder(tmp_path).transform(subset)
     np.testing.assert_allclose(loaded_vectors, vectors, atol=1e-5)
+    # DEC moves a linear adapter over the frozen model, and the checkpoint keeps it.
+    dec = TINY.dec.model_copy(update={"method": "idec", "n_clusters": 4, "max_iterations": 30})
+    encoder.config = encoder.config.model_copy(update={"dec": dec})
+    result = encoder.refine_clusters(subset)
+    assert result.n_iter_ > 0
+    refined = encoder.transform(subset)[0]
+    assert not np.allclose(refined, vectors, atol=1e-4)
+    encoder.save(tmp_path / "dec")
+    np.testing.assert_allclose(
+        load_encoder(tmp_path / "dec").transform(subset)[0], refined, atol=1e-5
+    )
     np.testing.assert_allclose(loaded_scores, scores, atol=1e-5)
 
 

@@ -53,6 +53,7 @@ input:
 preprocess:
   n_features: 4096
 encoder:
+  kind: autoencoder
   dim: 16
   hidden_dim: 64
   reconstruct_features: 512

@@ -437,8 +437,8 @@ HOSTILE_CONFIGS = [
         "model_dim=100 must be a multiple of n_heads=3",
     ),
     (
-        {"encoder": {"kind": "pretrained", "dec": {"method": "dec"}}},
-        "dec.method must be 'none' for kind='pretrained'",
+        {"encoder": {"kind": "pretrained", "warm_start": "previous"}},
+        "warm_start must be empty for kind='pretrained'",
     ),
     ({"input": {"max_chars": 0}}, "'input.max_chars' parameter"),
     ({"input": {"partition_rows": 0}}, "'input.partition_rows' parameter"),

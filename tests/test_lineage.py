@@ -16,7 +16,7 @@ from udl.lineage import embedding_space, pin_previous_run, resolve_warm_start
 from udl.storage import RunLayout, mark_latest, write_json_atomic
 
 
-def _completed_run(output: Path, run_id: str, encoder_kind: str = "autoencoder") -> RunLayout:
+def _completed_run(output: Path, run_id: str, encoder_kind: str = "two_view") -> RunLayout:
     layout = RunLayout(output, run_id)
     write_json_atomic(layout.steps / "embed.json", {"space": f"trained:{run_id}"})
     write_json_atomic(layout.steps / "cluster.json", {"rows": 1})

@@ -32,8 +32,15 @@ from udl.embed import EmbedResult, embed_corpus
 from udl.features import FeaturesResult, compute_features
 
 SAMPLE = Path(__file__).parent / "data" / "fortunes_sample.parquet"
+# The TF-IDF autoencoder: documents without a TF-IDF feature are exactly the flagged ones.
 ENCODER = EncoderConfig(
-    dim=32, hidden_dim=128, epochs=5, reconstruct_features=2048, device="cpu", max_train_docs=2000
+    kind="autoencoder",
+    dim=32,
+    hidden_dim=128,
+    epochs=5,
+    reconstruct_features=2048,
+    device="cpu",
+    max_train_docs=2000,
 )
 
 

@@ -222,6 +222,9 @@ class TwoViewConfig(_Frozen):
     lexical_dim: int = Field(
         128, ge=2, le=1024, description="Width of the lexical view (LSA of the TF-IDF)."
     )
+    lexical_sample: int = Field(
+        50_000, ge=100, description="Training documents the lexical view's SVD is fitted on."
+    )
     lexical_features: int = Field(
         65_536,
         ge=64,
@@ -303,9 +306,7 @@ class EncoderConfig(_Frozen):
 
     @model_validator(mode="after")
     def _pretrained_is_frozen(self) -> EncoderConfig:
-        # The pretrained model is used as is, so there are no weights to refine or resume.
-        if self.kind == "pretrained" and self.dec.method != "none":
-            raise ValueError("dec.method must be 'none' for kind='pretrained' (nothing to train)")
+        # The pretrained model is used as is, so there are no weights to resume.
         if self.kind == "pretrained" and self.warm_start is not None:
             raise ValueError("warm_start must be empty for kind='pretrained' (nothing to train)")
         return self

@@ -373,7 +373,7 @@ def embed_corpus(
     log.info("embedding on %s", device)
     encoder.fit(train, valid if n_valid else train)
     dec = None
-    if encoder_config.dec.method != "none" and isinstance(encoder, TorchEncoder | TwoViewEncoder):
+    if encoder_config.dec.method != "none" and hasattr(encoder, "refine_clusters"):
         dec = encoder.refine_clusters(sample.take(order[: encoder_config.dec.max_docs]))
     encoder.save(models_dir / ENCODER_DIR)
     trained = time.perf_counter()

@@ -3,8 +3,8 @@
 For each size N, the whole product runs as a user runs it: `udl run` (the Prefect flow on the
 ephemeral API, a Dask LocalCluster of 2 workers with one thread each) in a child process, on
 N documents built from the shared corpora (`bench_preprocess.build_input`: Parquet files of
-250,000 rows, each document distinct). The defaults are kept (autoencoder trained on a capped
-sample, streamed inference, spherical k-means on a sample with streamed assignment, report),
+250,000 rows, each document distinct). The defaults are kept (the encoder `--encoders` names, two_view by default, fitted on a
+capped sample, streamed inference, spherical k-means on a sample with streamed assignment, report),
 except k, fixed at 100 so the cluster step does the same work at every N.
 
 A sampler polls the child's process tree every 0.2 s (psutil): each process's RSS is charged
@@ -18,6 +18,7 @@ not missed there. Step times come from the run's manifest.
     .venv/bin/python tests/bench/bench_scale.py                        # 100k and 1M
     .venv/bin/python tests/bench/bench_scale.py --sizes 100000 1000000 5000000
     .venv/bin/python tests/bench/bench_scale.py --quick                # 20k: a smoke run
+    .venv/bin/python tests/bench/bench_scale.py --sizes 1000000 --encoders two_view autoencoder
 
 Prints a table and writes `.bench/scale.json`. What to look for: seconds per step grow about
 linearly in N (the `s/100k` column stays level), and the flow process's peak stays flat.
@@ -50,8 +51,9 @@ SAMPLE_SECONDS = 0.2
 K = 100
 
 
-def _config(folder: Path) -> dict:
+def _config(folder: Path, encoder: str) -> dict:
     return {
+        "encoder": {"kind": encoder},
         "input": {
             "path": str(folder),
             "format": "parquet",
@@ -130,13 +132,13 @@ class Sampler(threading.Thread):
             self.stop.wait(SAMPLE_SECONDS)
 
 
-def run_size(n_docs: int) -> dict:
+def run_size(n_docs: int, encoder: str) -> dict:
     folder = build_input(n_docs)
-    output = WORKDIR / "out" / str(n_docs)
+    output = WORKDIR / "out" / f"{n_docs}-{encoder}"
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
-    config = output.parent / f"config-{n_docs}.json"  # JSON is YAML
-    config.write_text(json.dumps(_config(folder)))
+    config = output.parent / f"config-{n_docs}-{encoder}.json"  # JSON is YAML
+    config.write_text(json.dumps(_config(folder, encoder)))
     command = [
         str(Path(sys.executable).parent / "udl"),
         "run",
@@ -147,7 +149,7 @@ def run_size(n_docs: int) -> dict:
         str(config),
     ]
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-    log = output.parent / f"run-{n_docs}.log"
+    log = output.parent / f"run-{n_docs}-{encoder}.log"
     started = time.perf_counter()
     with log.open("w") as sink:
         child = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
@@ -165,6 +167,7 @@ def run_size(n_docs: int) -> dict:
         lifetime[role] = max(lifetime[role], hwm)
     return {
         "docs": n_docs,
+        "encoder": encoder,
         "wall_seconds": wall,
         "rows": manifest["rows"],
         "step_seconds": {s: manifest["steps"][s]["seconds"] for s in STEPS},
@@ -177,7 +180,7 @@ def run_size(n_docs: int) -> dict:
 def _table(rows: list[dict]) -> str:
     lines = [
         (
-            f"{'docs':>9} {'step':<11} {'seconds':>8} {'s/100k':>7} "
+            f"{'docs':>9} {'encoder':<11} {'step':<11} {'seconds':>8} {'s/100k':>7} "
             f"{'flow MiB':>9} {'worker MiB':>10} {'all MiB':>8}"
         )
     ]
@@ -188,12 +191,13 @@ def _table(rows: list[dict]) -> str:
             seconds = row["step_seconds"].get(step)
             shown = f"{seconds:8.1f} {seconds / scale:7.1f}" if seconds is not None else " " * 16
             lines.append(
-                f"{row['docs']:>9,} {step:<11} {shown} {peaks.get('flow', 0):9.0f} "
+                f"{row['docs']:>9,} {row['encoder']:<11} {step:<11} {shown} "
+                f"{peaks.get('flow', 0):9.0f} "
                 f"{peaks.get('worker', 0):10.0f} {peaks.get('all', 0):8.0f}"
             )
         life = row["lifetime_peak_mib"]
         lines.append(
-            f"{row['docs']:>9,} {'whole run':<11} {row['wall_seconds']:8.1f} "
+            f"{row['docs']:>9,} {row['encoder']:<11} {'whole run':<11} {row['wall_seconds']:8.1f} "
             f"{row['wall_seconds'] / scale:7.1f} {life.get('flow', 0):9.0f} "
             f"{life.get('worker', 0):10.0f} {'(VmHWM)':>8}"
         )
@@ -204,12 +208,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000])
     parser.add_argument("--quick", action="store_true", help="one run of 20,000 documents")
+    parser.add_argument(
+        "--encoders",
+        nargs="+",
+        default=["two_view"],
+        choices=["two_view", "autoencoder", "attention", "pretrained"],
+        help="encoder.kind of each run (every size runs each)",
+    )
     args = parser.parse_args()
     sizes = [20_000] if args.quick else args.sizes
     rows = []
     for n_docs in sizes:
-        rows.append(run_size(n_docs))
-        print(_table(rows[-1:]), flush=True)
+        for encoder in args.encoders:
+            rows.append(run_size(n_docs, encoder))
+            print(_table(rows[-1:]), flush=True)
+        embed = {r["encoder"]: r["step_seconds"]["embed"] for r in rows if r["docs"] == n_docs}
+        if "two_view" in embed and "autoencoder" in embed:
+            print(
+                f"{n_docs:,} docs: two_view embed step {embed['two_view']:.0f} s = "
+                f"{embed['two_view'] / embed['autoencoder']:.2f} of the autoencoder's "
+                f"{embed['autoencoder']:.0f} s",
+                flush=True,
+            )
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(
         json.dumps(

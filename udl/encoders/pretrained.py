@@ -9,6 +9,11 @@ The model is not trained. `fit` fits a PCA with `anomaly_components` components 
 embeddings, and the anomaly score of a document is the distance from its embedding to that
 principal subspace — a reconstruction error, like the trained encoders': documents the common
 directions of the corpus do not explain score high.
+
+DEC/IDEC (`encoder.dec`) cannot move a frozen model; it trains a linear adapter on its
+embeddings instead (identity at the start, so without DEC the output is the model's own), on
+the fitting sample's embeddings. IDEC's reconstruction term is the adapter's drift from the
+model's embedding (1 - cosine).
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from typing import Self
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from udl.config import EncoderConfig
 from udl.encoders.base import DocumentBatch, resolve_device
+from udl.encoders.dec import DECResult, refine
 from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE
 from udl.encoders.teacher import load_sentence_model, resolve_model_path
 from udl.encoders.training import autocast
@@ -56,6 +63,8 @@ class PretrainedEncoder:
         self.dim: int = self.model.get_embedding_dimension()
         self.mean_: NDArray[np.float32] | None = None
         self.components_: NDArray[np.float32] | None = None
+        self.adapter: torch.nn.Linear | None = None
+        self._sample: NDArray[np.float32] | None = None
 
     @property
     def n_parameters(self) -> int:
@@ -78,18 +87,56 @@ class PretrainedEncoder:
         # A few thousand documents pin down 16 principal directions; embedding the whole
         # training sample would double the cost of a run for nothing.
         x = self._embed(train_docs.texts[:PCA_SAMPLE])
+        self._sample = x
+        self._fit_anomaly(x)
+        return self
+
+    def _fit_anomaly(self, x: NDArray[np.float32]) -> None:
         self.mean_ = x.mean(axis=0)
         n_components = min(self.config.pretrained.anomaly_components, self.dim, max(len(x) - 1, 1))
         _, _, vt = np.linalg.svd(x - self.mean_, full_matrices=False)
         self.components_ = vt[:n_components].astype(np.float32)
-        return self
+
+    def refine_clusters(self, docs: DocumentBatch) -> DECResult:
+        """DEC/IDEC (`config.dec`) of a linear adapter on the fitting sample's embeddings
+        (`docs` is not re-embedded: the teacher's cost stays that of `fit`)."""
+        if self._sample is None:
+            raise NotFittedError("PretrainedEncoder.refine_clusters called before fit")
+        del docs
+        x = torch.from_numpy(self._sample).to(self.device)
+        adapter = torch.nn.Linear(self.dim, self.dim).to(self.device)
+        with torch.no_grad():
+            adapter.weight.copy_(torch.eye(self.dim))
+            adapter.bias.zero_()
+
+        def codes(rows: NDArray[np.int64]) -> tuple[torch.Tensor, torch.Tensor]:
+            code = adapter(x[rows])
+            return code, 1.0 - F.cosine_similarity(code.float(), x[rows].float(), dim=1)
+
+        result = refine(
+            adapter,
+            codes,
+            len(x),
+            self.config.dec,
+            batch_size=self.config.batch_size,
+            seed=self.seed,
+        )
+        self.adapter = adapter.eval()
+        self._fit_anomaly(self._adapt(self._sample))
+        return result
+
+    @torch.no_grad()
+    def _adapt(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        if self.adapter is None:
+            return x
+        return self.adapter(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
 
     def transform(self, docs: DocumentBatch) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Embeddings (n_docs, dim) float32 and anomaly scores (n_docs,) float32, the distance
         of each embedding from the principal subspace of the training sample."""
         if self.mean_ is None or self.components_ is None:
             raise NotFittedError("PretrainedEncoder.transform called before fit")
-        x = self._embed(docs.texts)
+        x = self._adapt(self._embed(docs.texts))
         centred = x - self.mean_
         residual = centred - (centred @ self.components_.T) @ self.components_
         scores = np.linalg.norm(residual, axis=1).astype(np.float32)
@@ -115,6 +162,8 @@ class PretrainedEncoder:
             "mean": torch.from_numpy(self.mean_),
             "components": torch.from_numpy(self.components_),
         }
+        if self.adapter is not None:
+            state |= {f"adapter.{k}": v.cpu() for k, v in self.adapter.state_dict().items()}
         torch.save(state, folder / WEIGHTS_FILE)
 
     @classmethod
@@ -127,4 +176,14 @@ class PretrainedEncoder:
         encoder = cls(config, payload["seed"])
         state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         encoder.mean_, encoder.components_ = state["mean"].numpy(), state["components"].numpy()
+        if "adapter.weight" in state:
+            adapter = torch.nn.Linear(encoder.dim, encoder.dim)
+            adapter.load_state_dict(
+                {
+                    k.removeprefix("adapter."): v
+                    for k, v in state.items()
+                    if k.startswith("adapter.")
+                }
+            )
+            encoder.adapter = adapter.to(encoder.device).eval()
         return encoder

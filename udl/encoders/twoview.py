@@ -33,6 +33,8 @@ import json
 import logging
 import pickle
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -43,13 +45,14 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 from sklearn.utils.extmath import randomized_svd
+from threadpoolctl import threadpool_limits
 
 from udl.config import EncoderConfig, PreprocessConfig
 from udl.encoders.base import DocumentBatch, resolve_device, seed_everything
 from udl.encoders.dec import DECResult, refine
 from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE, feature_positions
 from udl.encoders.modules import DistilledStudent
-from udl.encoders.teacher import Teacher, missing_teacher
+from udl.encoders.teacher import DistilledVocabulary, Teacher, missing_teacher
 from udl.encoders.training import TrainingResult, autocast, epoch_budget, train
 from udl.errors import ConfigError, NotFittedError
 
@@ -59,8 +62,29 @@ log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
 ANOMALY_COMPONENTS = 16
+# A few thousand documents pin down 16 principal directions.
+ANOMALY_SAMPLE = 5000
 # Documents tokenised and pooled at a time during inference.
 INFERENCE_CHUNK = 4096
+
+
+def single_threaded_blas() -> threadpool_limits:
+    """BLAS on one thread: multithreaded BLAS/LAPACK results depend on the thread count, and
+    a rerun in another process (a resumed run, a Dask worker) must write the same bytes."""
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Torch and BLAS on one thread, for the same reason as `single_threaded_blas`: the
+    student's kernels summed in another order when the run resumed in a fresh process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with single_threaded_blas():
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -110,7 +134,8 @@ class LexicalView:
         components = np.zeros((len(features), dim), np.float32)
         rank = min(dim, min(x.shape) - 1)
         if rank >= 1 and x.nnz:
-            _, _, vt = randomized_svd(x, rank, random_state=seed)
+            with single_threaded_blas():
+                _, _, vt = randomized_svd(x, rank, random_state=seed)
             components[:, :rank] = vt.T
         return cls(np.asarray(features, np.int64), components)
 
@@ -237,8 +262,12 @@ class TwoViewEncoder:
             return self
         cfg = self.config.two_view
         seed_everything(self.seed)
+        # `train_docs` come in random order, so their head is a uniform sample.
         self.lexical = LexicalView.fit(
-            train_docs.tfidf, self.lexical_features, cfg.lexical_dim, self.seed
+            train_docs.tfidf[: cfg.lexical_sample],
+            self.lexical_features,
+            cfg.lexical_dim,
+            self.seed,
         )
         reason = "encoder.two_view.teacher_sample is 0" if cfg.teacher_sample == 0 else None
         reason = reason or missing_teacher(self.config.pretrained.model_path)
@@ -250,15 +279,16 @@ class TwoViewEncoder:
             self.student.dim if self.student is not None else 0
         )
         self._fitted = True
-        self._fit_anomaly(train_docs)
+        self._fit_anomaly(train_docs.take(np.arange(min(len(train_docs), ANOMALY_SAMPLE))))
         return self
 
     def _fit_anomaly(self, docs: DocumentBatch) -> None:
         """Principal subspace of the vectors of `docs`, for the anomaly score."""
-        vectors = self._vectors(docs)[0]
-        self.mean_ = vectors.mean(axis=0)
-        n_components = min(ANOMALY_COMPONENTS, self.dim, max(len(vectors) - 1, 1))
-        _, _, vt = np.linalg.svd(vectors - self.mean_, full_matrices=False)
+        with single_threaded():
+            vectors = self._vectors(docs)[0]
+            self.mean_ = vectors.mean(axis=0)
+            n_components = min(ANOMALY_COMPONENTS, self.dim, max(len(vectors) - 1, 1))
+            _, _, vt = np.linalg.svd(vectors - self.mean_, full_matrices=False)
         self.components_ = vt[:n_components].astype(np.float32)
 
     def refine_clusters(self, docs: DocumentBatch) -> DECResult | None:
@@ -278,7 +308,8 @@ class TwoViewEncoder:
         c = self.config.two_view.semantic_terms
         semantic_weight = torch.from_numpy(np.sqrt(c / (n + c))).float().to(device)
         lexical_weight = torch.from_numpy(np.sqrt(n / (n + c))).float().to(device)
-        distilled = torch.from_numpy(self._semantic(tokens)).to(device)
+        with single_threaded():
+            distilled = torch.from_numpy(self._semantic(tokens)).to(device)
 
         def codes(rows: NDArray[np.int64]) -> tuple[torch.Tensor, torch.Tensor]:
             ids, offsets = tokens.take(rows)
@@ -288,15 +319,16 @@ class TwoViewEncoder:
             )
             return code, 1.0 - (semantic * distilled[rows]).sum(dim=1)
 
-        result = refine(
-            student,
-            codes,
-            len(docs),
-            self.config.dec,
-            batch_size=self.config.batch_size,
-            seed=self.seed,
-        )
-        self._fit_anomaly(docs)
+        with single_threaded():
+            result = refine(
+                student,
+                codes,
+                len(docs),
+                self.config.dec,
+                batch_size=self.config.batch_size,
+                seed=self.seed,
+            )
+        self._fit_anomaly(docs.take(np.arange(min(len(docs), ANOMALY_SAMPLE))))
         return result
 
     def _fit_student(self, train_docs: DocumentBatch, valid_docs: DocumentBatch) -> None:
@@ -320,7 +352,19 @@ class TwoViewEncoder:
         )
         del teacher
         self.teacher_seconds_ = time.perf_counter() - started
+        with single_threaded():
+            self._train_student(vocabulary, train_texts, valid_texts, targets, valid_targets)
+
+    def _train_student(
+        self,
+        vocabulary: DistilledVocabulary,
+        train_texts: list[str],
+        valid_texts: list[str],
+        targets: torch.Tensor,
+        valid_targets: torch.Tensor,
+    ) -> None:
         tokens, valid_tokens = self.tokenize(train_texts), self.tokenize(valid_texts)
+        n_train, n_valid = len(train_texts), len(valid_texts)
         generator = seed_everything(self.seed)
         vectors = torch.from_numpy(vocabulary.vectors)
         student = DistilledStudent(len(vectors), vectors.shape[1], targets.shape[1])
@@ -343,8 +387,8 @@ class TwoViewEncoder:
             n_train,
             n_valid,
             epochs=epoch_budget(self.config.epochs, n_train, self.config.max_doc_epochs),
-            batch_size=cfg.batch_size,
-            learning_rate=cfg.learning_rate,
+            batch_size=self.config.two_view.batch_size,
+            learning_rate=self.config.two_view.learning_rate,
             patience=self.config.patience,
             generator=generator,
             device=self.device,
@@ -404,10 +448,11 @@ class TwoViewEncoder:
     ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
         """Embeddings (n, dim) float32, anomaly scores (n,) float32, and whether each document
         has a TF-IDF feature or a token the student knows (n,) bool."""
-        vectors, featured = self._vectors(docs)
-        assert self.mean_ is not None and self.components_ is not None
-        centred = vectors - self.mean_
-        residual = centred - (centred @ self.components_.T) @ self.components_
+        with single_threaded():
+            vectors, featured = self._vectors(docs)
+            assert self.mean_ is not None and self.components_ is not None
+            centred = vectors - self.mean_
+            residual = centred - (centred @ self.components_.T) @ self.components_
         scores = np.linalg.norm(residual, axis=1).astype(np.float32)
         if self.config.normalize:
             vectors = _unit(vectors)
