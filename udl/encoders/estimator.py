@@ -29,7 +29,14 @@ from udl.encoders.modules import cosine_error
 from udl.encoders.training import TrainingResult, autocast, epoch_budget, train
 from udl.errors import ConfigError
 
-__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "Prepared", "TorchEncoder", "feature_positions"]
+__all__ = [
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "Prepared",
+    "TorchEncoder",
+    "feature_positions",
+    "read_checkpoint",
+]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
@@ -69,6 +76,20 @@ class Prepared:
 
     def __len__(self) -> int:
         return self.target.shape[0]
+
+
+def read_checkpoint(
+    folder: Path, device: str | None
+) -> tuple[dict[str, Any], EncoderConfig, PreprocessConfig, dict[str, torch.Tensor]]:
+    """The `config.json` payload, its encoder config (device overridden when given), its
+    preprocess config, and the tensors of `weights.pt` loaded with `weights_only=True`."""
+    payload = json.loads((folder / CONFIG_FILE).read_text())
+    config = EncoderConfig.model_validate(payload["encoder"])
+    if device:
+        config = config.model_copy(update={"device": device})
+    preprocess = PreprocessConfig.model_validate(payload["preprocess"])
+    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    return payload, config, preprocess, state
 
 
 class TorchEncoder(ABC):
@@ -290,12 +311,7 @@ class TorchEncoder(ABC):
         """
         # A missing, corrupt or foreign checkpoint is a configuration problem: never retried.
         try:
-            payload = json.loads((folder / CONFIG_FILE).read_text())
-            config = EncoderConfig.model_validate(payload["encoder"])
-            if device:
-                config = config.model_copy(update={"device": device})
-            preprocess = PreprocessConfig.model_validate(payload["preprocess"])
-            state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+            payload, config, preprocess, state = read_checkpoint(folder, device)
             inputs = state.pop("input_features").numpy()
             target = state.pop("target_features").numpy()
             centers = state.pop("cluster_centers", None)

@@ -50,7 +50,12 @@ from threadpoolctl import threadpool_limits
 from udl.config import EncoderConfig, PreprocessConfig
 from udl.encoders.base import DocumentBatch, resolve_device, seed_everything
 from udl.encoders.dec import DECResult, refine
-from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE, feature_positions
+from udl.encoders.estimator import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    feature_positions,
+    read_checkpoint,
+)
 from udl.encoders.modules import DistilledStudent
 from udl.encoders.teacher import DistilledVocabulary, Teacher, missing_teacher
 from udl.encoders.training import TrainingResult, autocast, epoch_budget, train
@@ -498,12 +503,7 @@ class TwoViewEncoder:
     def load(cls, folder: Path, device: str | None = None) -> Self:
         """Rebuild from `save`'s files; weights load with `weights_only=True` (no pickle)."""
         try:
-            payload = json.loads((folder / CONFIG_FILE).read_text())
-            config = EncoderConfig.model_validate(payload["encoder"])
-            if device:
-                config = config.model_copy(update={"device": device})
-            preprocess = PreprocessConfig.model_validate(payload["preprocess"])
-            state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+            payload, config, preprocess, state = read_checkpoint(folder, device)
             encoder = cls(config, preprocess, state["lexical_features"].numpy(), payload["seed"])
             encoder.lexical = LexicalView(
                 state["lexical_view_features"].numpy(), state["lexical_components"].numpy()
