@@ -18,6 +18,7 @@ from udl.errors import ConfigError
 __all__ = [
     "DocumentBatch",
     "Encoder",
+    "principal_subspace",
     "resolve_device",
     "seed_everything",
     "to_device",
@@ -65,6 +66,18 @@ class Encoder(Protocol):
     def save(self, folder: Path) -> None:
         """Write `config.json` and `weights.pt` into `folder`."""
         ...
+
+
+def principal_subspace(
+    x: NDArray[np.float32], n_components: int
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Mean (dim,) and the first `n_components` orthonormal principal directions
+    (n, dim) of the rows of `x` (fewer when `x` has fewer rows), float32: the subspace the
+    anomaly scores measure distances from."""
+    mean = x.mean(axis=0)
+    n = min(n_components, x.shape[1], max(len(x) - 1, 1))
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return mean.astype(np.float32), vt[:n].astype(np.float32)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from udl.config import EncoderConfig
-from udl.encoders.base import DocumentBatch, resolve_device
+from udl.encoders.base import DocumentBatch, principal_subspace, resolve_device
 from udl.encoders.dec import DECResult, refine
 from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE
 from udl.encoders.teacher import load_sentence_model, resolve_model_path
@@ -92,10 +92,9 @@ class PretrainedEncoder:
         return self
 
     def _fit_anomaly(self, x: NDArray[np.float32]) -> None:
-        self.mean_ = x.mean(axis=0)
-        n_components = min(self.config.pretrained.anomaly_components, self.dim, max(len(x) - 1, 1))
-        _, _, vt = np.linalg.svd(x - self.mean_, full_matrices=False)
-        self.components_ = vt[:n_components].astype(np.float32)
+        self.mean_, self.components_ = principal_subspace(
+            x, self.config.pretrained.anomaly_components
+        )
 
     def refine_clusters(self, docs: DocumentBatch) -> DECResult:
         """DEC/IDEC (`config.dec`) of a linear adapter on the fitting sample's embeddings

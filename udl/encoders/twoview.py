@@ -48,7 +48,12 @@ from sklearn.utils.extmath import randomized_svd
 from threadpoolctl import threadpool_limits
 
 from udl.config import EncoderConfig, PreprocessConfig
-from udl.encoders.base import DocumentBatch, resolve_device, seed_everything
+from udl.encoders.base import (
+    DocumentBatch,
+    principal_subspace,
+    resolve_device,
+    seed_everything,
+)
 from udl.encoders.dec import DECResult, refine
 from udl.encoders.estimator import (
     CONFIG_FILE,
@@ -290,11 +295,9 @@ class TwoViewEncoder:
     def _fit_anomaly(self, docs: DocumentBatch) -> None:
         """Principal subspace of the vectors of `docs`, for the anomaly score."""
         with single_threaded():
-            vectors = self._vectors(docs)[0]
-            self.mean_ = vectors.mean(axis=0)
-            n_components = min(ANOMALY_COMPONENTS, self.dim, max(len(vectors) - 1, 1))
-            _, _, vt = np.linalg.svd(vectors - self.mean_, full_matrices=False)
-        self.components_ = vt[:n_components].astype(np.float32)
+            self.mean_, self.components_ = principal_subspace(
+                self._vectors(docs)[0], ANOMALY_COMPONENTS
+            )
 
     def refine_clusters(self, docs: DocumentBatch) -> DECResult | None:
         """DEC/IDEC (`config.dec`) on `docs`, after `fit`: the student moves, the lexical view
