@@ -20,6 +20,7 @@ from flows.runtime import (
 from flows.summary import summary_lines
 from udl import __version__
 from udl.config import PipelineConfig, load_config
+from udl.datasets import RunLayout
 from udl.errors import UdlError
 from udl.preflight import check_output, check_recluster, check_run_inputs, reusable_run
 from udl.storage import read_json
@@ -255,20 +256,26 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return base.with_overrides(overrides)
 
 
+def _layout(run_dir: Path) -> RunLayout:
+    """The layout of ``<output_dir>/runs/<run_id>``."""
+    return RunLayout(run_dir.parent.parent, run_dir.name)
+
+
 def _print_run(run_dir: Path) -> None:
+    layout = _layout(run_dir)
     print(f"run:         {run_dir}")
-    print(f"assignments: {run_dir / 'assignments'}")
-    print(f"rejects:     {run_dir / 'rejects'}")
-    print(f"metrics:     {run_dir / 'report' / 'metrics.json'}")
-    print(f"latest:      {run_dir.parent.parent / 'latest'}")
-    metrics = read_json(run_dir / "report" / "metrics.json")
+    print(f"assignments: {layout.assignments}")
+    print(f"rejects:     {layout.rejects}")
+    print(f"metrics:     {layout.metrics}")
+    print(f"latest:      {layout.latest}")
+    metrics = read_json(layout.metrics)
     for line in summary_lines(metrics):
         print(line)
     # Contract with the report: metrics.json lists every step's warnings (udl.report).
     for warning in metrics.get("warnings", []):
         print(f"udl: warning: {warning}", file=sys.stderr)
     sys.stderr.flush()
-    print(f"report:      {run_dir / 'report' / 'index.html'}")
+    print(f"report:      {layout.report_html}")
 
 
 def _preflight(args: argparse.Namespace, config: PipelineConfig) -> None:
@@ -316,9 +323,10 @@ def _dispatch(args: argparse.Namespace, config: PipelineConfig) -> None:
     if args.command in ("run", "recluster"):
         _print_run(run_dir)
     elif args.command == "ingest":
-        print(f"run:     {run_dir}\ncorpus:  {run_dir / 'corpus'}\nrejects: {run_dir / 'rejects'}")
+        layout = _layout(run_dir)
+        print(f"run:     {run_dir}\ncorpus:  {layout.corpus}\nrejects: {layout.rejects}")
     else:
-        print(f"report:  {run_dir / 'report' / 'index.html'}")
+        print(f"report:  {_layout(run_dir).report_html}")
 
 
 def main(argv: list[str] | None = None) -> int:

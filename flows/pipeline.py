@@ -23,8 +23,8 @@ from prefect import flow, get_run_logger
 
 from tasks._common import for_run
 from tasks.steps import cluster_task, embed_task, ingest_task, preprocess_task, report_task
-from udl.cluster.assign import CENTROIDS_FILE
 from udl.config import PipelineConfig, ReportConfig, parse_config
+from udl.datasets import CENTROIDS_FILE, RunLayout
 from udl.fingerprint import source_fingerprint, step_key
 from udl.lineage import (
     centroids_fingerprint,
@@ -35,7 +35,7 @@ from udl.lineage import (
 )
 from udl.manifest import new_run_id, reuse_steps, write_manifest
 from udl.preflight import RECLUSTER_REUSES, check_recluster, reusable_run
-from udl.storage import RunLayout, read_json
+from udl.storage import read_json
 
 __all__ = ["clustering_pipeline", "ingest_only", "recluster", "rereport", "run_layout"]
 
@@ -171,7 +171,7 @@ def rereport(
     manifest = read_json(layout.manifest)
     config = parse_config(manifest["config"]).with_overrides({"report": report.model_dump()})
     previous = pin_previous_run(layout)
-    cluster_key = read_json(layout.steps / "cluster.json")["key"]
+    cluster_key = read_json(layout.step_record("cluster"))["key"]
     report_key = step_key("report", cluster_key, config.report, previous and previous.run_id)
     for_run(report_task, layout, config.runtime)(layout, config, report_key, previous)
     write_manifest(layout, config, manifest["status"], previous)

@@ -18,9 +18,9 @@ from prefect import Task, get_run_logger
 from prefect.tasks import exponential_backoff
 
 from udl.config import RuntimeConfig
+from udl.datasets import RunLayout
 from udl.errors import UdlError
 from udl.manifest import save_step
-from udl.storage import RunLayout
 
 __all__ = ["STEP_OPTIONS", "for_run", "retry_on_transient", "run_step"]
 

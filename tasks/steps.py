@@ -16,12 +16,13 @@ from tasks._common import STEP_OPTIONS, run_step
 from udl.cluster.assign import cluster_embeddings
 from udl.config import PipelineConfig
 from udl.corpus import ingest
+from udl.datasets import RunLayout, mark_latest
 from udl.embed import embed_corpus
 from udl.features import compute_features
 from udl.manifest import STEPS
 from udl.parallel import dask_client
 from udl.report import ReportResult, build_report
-from udl.storage import RunLayout, mark_latest, read_json
+from udl.storage import read_json
 
 __all__ = ["cluster_task", "embed_task", "ingest_task", "preprocess_task", "report_task"]
 
@@ -111,7 +112,7 @@ def report_task(
 ) -> dict:
     """Evaluate, compare with the `previous` run, write `report/`, publish artifacts, point
     `<output_dir>/latest` here."""
-    steps = {step: read_json(layout.steps / f"{step}.json") for step in STEPS[:-1]}
+    steps = {step: read_json(layout.step_record(step)) for step in STEPS[:-1]}
 
     def compute() -> dict:
         result = build_report(layout, config, steps, previous)

@@ -16,11 +16,12 @@ from sklearn.metrics import adjusted_rand_score
 
 from udl import schema as S
 from udl.cluster.align import align_clusters
-from udl.cluster.assign import ALIGNMENT_FILE, CENTROIDS_FILE, cluster_embeddings
+from udl.cluster.assign import cluster_embeddings
 from udl.cluster.kmeans import FaissKMeans
 from udl.cluster.selection import K_RULE, choose_k
 from udl.cluster.vectors import validate_vectors
 from udl.config import ClusterConfig
+from udl.datasets import ALIGNMENT_FILE, CENTROIDS_FILE
 from udl.errors import ConfigError, SchemaError
 from udl.storage import write_part
 

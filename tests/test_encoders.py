@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from udl.cluster.kmeans import initial_clusters
 from udl.config import (
     AttentionConfig,
     DECConfig,
@@ -30,14 +31,8 @@ from udl.config import (
     PreprocessConfig,
 )
 from udl.corpus import ingest
-from udl.embed import (
-    ENCODER_DIR,
-    embed_corpus,
-    load_encoder,
-    make_encoder,
-    read_documents,
-    read_embeddings,
-)
+from udl.datasets import ENCODER_DIR, aligned_parts, read_embeddings
+from udl.embed import embed_corpus, load_encoder, make_encoder, read_documents
 from udl.encoders.attention import AttentionEncoder
 from udl.encoders.base import DocumentBatch
 from udl.encoders.dec import refine, soft_assignment, target_distribution
@@ -311,7 +306,9 @@ def _blobs(separation: float) -> torch.Tensor:
 def test_dec_stops_when_fewer_than_tol_labels_change() -> None:
     config = DECConfig(method="dec", n_clusters=3, tol=0.01, update_interval=5, max_iterations=500)
     codes = _Codes(_blobs(separation=20.0))  # far apart: no label ever changes
-    result = refine(codes, codes.code_fn, 120, config, batch_size=32, seed=0)
+    result = refine(
+        codes, codes.code_fn, 120, config, batch_size=32, seed=0, initial=initial_clusters
+    )
     assert result.converged
     assert result.n_iter_ == config.update_interval  # stopped at the first comparison
     assert result.label_changes == [0.0]
@@ -329,7 +326,9 @@ def test_dec_without_tol_runs_to_max_iterations_and_tightens_clusters() -> None:
     )
     points = _blobs(separation=4.0)
     codes = _Codes(points)
-    result = refine(codes, codes.code_fn, 120, config, batch_size=40, seed=0)
+    result = refine(
+        codes, codes.code_fn, 120, config, batch_size=40, seed=0, initial=initial_clusters
+    )
     assert not result.converged and result.n_iter_ == config.max_iterations
     assert len(result.label_changes) == config.max_iterations // config.update_interval - 1
 
@@ -348,8 +347,9 @@ def test_dec_without_tol_runs_to_max_iterations_and_tightens_clusters() -> None:
 
 def test_dec_needs_as_many_documents_as_clusters() -> None:
     codes = _Codes(torch.zeros(3, 2))
+    config = DECConfig(method="dec", n_clusters=5)
     with pytest.raises(ConfigError, match=r"n_docs=3 .*>= encoder.dec.n_clusters=5"):
-        refine(codes, codes.code_fn, 3, DECConfig(method="dec", n_clusters=5), batch_size=8, seed=0)
+        refine(codes, codes.code_fn, 3, config, batch_size=8, seed=0, initial=initial_clusters)
 
 
 # --- the embedding step ----------------------------------------------------------------------
@@ -380,7 +380,7 @@ def test_streamed_embeddings_equal_in_memory_inference(
     assert np.all(np.isfinite(scores))
 
 
-def test_embed_corpus_with_idec_keeps_its_centroids(run: Run, tmp_path: Path) -> None:
+def test_embed_corpus_with_idec_saves_the_refined_encoder(run: Run, tmp_path: Path) -> None:
     dec = DECConfig(method="idec", n_clusters=4, update_interval=3, max_iterations=9)
     config = TINY.model_copy(update={"dec": dec, "max_train_docs": 300})
     result = embed_corpus(
@@ -395,7 +395,10 @@ def test_embed_corpus_with_idec_keeps_its_centroids(run: Run, tmp_path: Path) ->
     assert 0 < result.dec_iterations <= 9
     loaded = load_encoder(models / ENCODER_DIR)
     assert isinstance(loaded, TorchEncoder)
-    assert loaded.cluster_centers_ is not None and loaded.cluster_centers_.shape == (4, TINY.dim)
+    corpus_part, features_part = aligned_parts(run.corpus, run.features)[0]
+    _, docs = read_documents(corpus_part, features_part, PREPROCESS.n_features)
+    written = read_embeddings(tmp_path / "embeddings" / "part-00000.parquet")[1]
+    np.testing.assert_allclose(loaded.transform(docs)[0], written, atol=1e-5)
 
 
 # --- configuration and the pretrained encoder ------------------------------------------------
@@ -449,7 +452,7 @@ def test_pretrained_minilm_embeds_offline_with_anomaly_scores(
     # DEC moves a linear adapter over the frozen model, and the checkpoint keeps it.
     dec = TINY.dec.model_copy(update={"method": "idec", "n_clusters": 4, "max_iterations": 30})
     encoder.config = encoder.config.model_copy(update={"dec": dec})
-    result = encoder.refine_clusters(subset)
+    result = encoder.refine_clusters(subset, initial_clusters)
     assert result.n_iter_ > 0
     refined = encoder.transform(subset)[0]
     assert not np.allclose(refined, vectors, atol=1e-4)

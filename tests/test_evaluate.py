@@ -163,6 +163,19 @@ def test_match_clusters_follows_alignment_and_needs_same_dims_6() -> None:
     assert match_clusters(np.zeros((3, 5), np.float32), PREVIOUS, "l2").matched_by == "none"
 
 
+def test_centroids_of_different_spaces_are_never_paired() -> None:
+    """Two encoders trained from scratch give spaces of the same width whose coordinates mean
+    nothing to each other: identical centroids there are not the same clusters."""
+    changes = match_clusters(PREVIOUS, PREVIOUS, "l2", same_space=False)
+    assert (changes.matched_by, changes.matches) == ("none", [])
+    before = {"metric": "l2", "clusters": [{"cluster_id": 0, "size": 5, "keywords": ["a"]}]}
+    result = compare_runs(before, {"metric": "l2"}, PREVIOUS, PREVIOUS, same_space=False)
+    assert result["n_matched"] == 0 and "different spaces" in result["note"]
+    # An alignment written by the clustering step still pairs the clusters.
+    aligned = match_clusters(PREVIOUS, PREVIOUS, "l2", alignment={0: 0}, same_space=False)
+    assert aligned.matched_by == "alignment"
+
+
 def test_compare_runs_deltas_and_previous_keywords_6() -> None:
     before = {
         "silhouette": 0.5,

@@ -23,19 +23,12 @@ from udl import corpus as corpus_module
 from udl import schema as S
 from udl.config import InputConfig, PreprocessConfig, RuntimeConfig
 from udl.corpus import ingest
+from udl.datasets import read_csr, read_idf, read_vocabulary
 from udl.errors import InputDataError
-from udl.features import (
-    TOKEN_STATS,
-    _merge_stats,
-    compute_features,
-    hash_tokens,
-    read_csr,
-    read_idf,
-    read_vocabulary,
-    tokenize,
-)
+from udl.features import TOKEN_STATS, _merge_stats, compute_features
 from udl.parallel import dask_client
 from udl.storage import dataset_parts
+from udl.tokens import hash_tokens, tokenize
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sample" / "wordnet_sample.parquet"
 FORTUNES = Path(__file__).resolve().parent / "data" / "fortunes_sample.parquet"

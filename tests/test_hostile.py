@@ -34,12 +34,12 @@ from udl import schema as S
 from udl.cluster.kmeans import FaissKMeans
 from udl.config import EncoderConfig, InputConfig, PreprocessConfig, RuntimeConfig, parse_config
 from udl.corpus import IngestResult, ingest
+from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE, RunLayout
 from udl.embed import load_encoder
-from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE
 from udl.errors import ConfigError, InputDataError
 from udl.lineage import resolve_warm_start
 from udl.parallel import dask_client
-from udl.storage import RunLayout, dataset_parts
+from udl.storage import dataset_parts
 
 REPO = Path(__file__).resolve().parents[1]
 PROPERTY = settings(
@@ -668,7 +668,7 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused_without_running_it(
 ) -> None:
     folder = tmp_path / "encoder"
     folder.mkdir()
-    (folder / CONFIG_FILE).write_text(
+    (folder / ENCODER_CONFIG_FILE).write_text(
         json.dumps(
             {
                 "kind": "autoencoder",
@@ -679,17 +679,17 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused_without_running_it(
         )
     )
     marker = tmp_path / "code-ran"
-    torch.save({"weight": _Payload(marker)}, folder / WEIGHTS_FILE)
+    torch.save({"weight": _Payload(marker)}, folder / ENCODER_WEIGHTS_FILE)
     # Refused as a configuration problem (so never retried), with torch's reason.
     with pytest.raises(ConfigError, match=r"(?s)cannot be loaded \(UnpicklingError.*weights.only"):
         load_encoder(folder)
     assert not marker.exists()
     # The control: an unrestricted load of the same file does run the payload.
-    torch.load(folder / WEIGHTS_FILE, weights_only=False)
+    torch.load(folder / ENCODER_WEIGHTS_FILE, weights_only=False)
     assert marker.is_dir()
 
 
-@pytest.mark.parametrize("contents", [[], [CONFIG_FILE], [WEIGHTS_FILE]])
+@pytest.mark.parametrize("contents", [[], [ENCODER_CONFIG_FILE], [ENCODER_WEIGHTS_FILE]])
 def test_a_warm_start_folder_without_a_checkpoint_fails_before_any_step(
     tmp_path: Path, contents: list[str]
 ) -> None:

@@ -16,7 +16,7 @@ from udl import corpus as corpus_module
 from udl import schema as S
 from udl.config import InputConfig
 from udl.corpus import ingest
-from udl.readers import READER_REASONS
+from udl.raw import READER_REASONS
 from udl.storage import dataset_parts
 from udl.validation import REASONS
 

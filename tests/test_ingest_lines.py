@@ -19,12 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from udl import corpus as corpus_module
-from udl import readers
+from udl import csv_reader
 from udl import schema as S
 from udl.config import InputConfig
 from udl.corpus import ingest
 from udl.csv_lines import LineScanner
-from udl.readers import read_source, resolve_sources
+from udl.readers import read_source
+from udl.sources import resolve_sources
 from udl.storage import dataset_parts
 
 FORTUNES = Path(__file__).resolve().parent / "data" / "fortunes_sample.parquet"
@@ -101,7 +102,7 @@ def test_reader_lines_match_pythons_csv_module_on_multi_line_fortunes(
 def test_lines_survive_a_growing_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Records longer than the parser's block make the reader start again with a larger block
     (skipping what it delivered): the lines must continue, not restart."""
-    monkeypatch.setattr(readers, "BLOCK_BYTES", 512)
+    monkeypatch.setattr(csv_reader, "BLOCK_BYTES", 512)
     long = '"' + "a long\r\nquoted document, " * 60 + '"'
     data = "id,text\r\n" + "".join(
         f"{i},{long if i % 9 == 4 else f'short {i}'}\r\n" for i in range(1, 40)
@@ -284,7 +285,7 @@ def test_lines_stay_right_across_many_blocks(
     """Many small blocks: records and quoted line breaks cut at block boundaries, and the
     scanner fed from pyarrow's read-ahead thread while batches ask it for lines (unguarded,
     that race once lost start lines on a 58 MB file; it is too rare to provoke here)."""
-    monkeypatch.setattr(readers, "BLOCK_BYTES", 1 << 12)
+    monkeypatch.setattr(csv_reader, "BLOCK_BYTES", 1 << 12)
     data, _ = _fortunes_csv(n=1500)
     path = tmp_path / "f.csv"
     path.write_bytes(data)

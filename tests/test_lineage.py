@@ -12,8 +12,9 @@ from scipy.optimize import linear_sum_assignment
 
 from tests.helpers import task_states
 from udl.config import PipelineConfig
+from udl.datasets import RunLayout, mark_latest
 from udl.lineage import embedding_space, pin_previous_run, resolve_warm_start
-from udl.storage import RunLayout, mark_latest, write_json_atomic
+from udl.storage import write_json_atomic
 
 
 def _completed_run(output: Path, run_id: str, encoder_kind: str = "two_view") -> RunLayout:

@@ -19,7 +19,8 @@ from udl import schema as S
 from udl.cluster.assign import cluster_embeddings
 from udl.config import ClusterConfig, EncoderConfig, InputConfig, PipelineConfig
 from udl.corpus import ingest
-from udl.embed import copy_embeddings, embed_corpus, read_embeddings
+from udl.datasets import read_embeddings
+from udl.embed import copy_embeddings, embed_corpus
 from udl.errors import ConfigError, InputDataError
 from udl.storage import dataset_parts
 

@@ -28,9 +28,10 @@ from sklearn import metrics as skm
 
 from udl import schema as S
 from udl.config import PipelineConfig, PreprocessConfig, ReportConfig
+from udl.datasets import RunLayout, mark_latest
 from udl.features import compute_features
 from udl.report import build_report, previous_run
-from udl.storage import RunLayout, mark_latest, write_part
+from udl.storage import write_json_atomic, write_part
 
 REPO = Path(__file__).resolve().parents[1]
 _WORDS = {
@@ -235,6 +236,18 @@ def test_metrics_json_contract_and_label_scores_6(report) -> None:
     report_seconds = written["timings"].pop("report")
     assert written["timings"] == {"ingest": 0.5, "cluster": 0.25} and report_seconds > 0
     assert [c["size"] for c in written["clusters"]] == [40, 40, 40]
+
+
+def test_runs_in_different_spaces_are_compared_by_metrics_only(tmp_path: Path) -> None:
+    first, _, _ = write_run(tmp_path, "run-1", ["cooking", "astronomy", "football"], n_parts=1)
+    write_json_atomic(first.step_record("embed"), {"space": "trained:embed-aaa"})
+    build_report(first, CONFIG, STEPS)
+    second, _, _ = write_run(tmp_path, "run-2", ["cooking", "astronomy", "football"], n_parts=1)
+    write_json_atomic(second.step_record("embed"), {"space": "trained:embed-bbb"})
+    comparison = build_report(second, CONFIG, STEPS, previous=first).metrics["comparison"]
+    assert comparison["matched_by"] == "none" and comparison["n_matched"] == 0
+    assert "different spaces" in comparison["note"]
+    assert comparison["metric_deltas"]["silhouette"]["delta"] == pytest.approx(0.0, abs=0.05)
 
 
 def test_streamed_parts_equal_one_part_6(report, tmp_path: Path) -> None:

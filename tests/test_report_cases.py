@@ -19,8 +19,9 @@ from jinja2 import StrictUndefined
 
 from tests.test_report import CONFIG, STEPS, write_run
 from udl import schema as S
+from udl.datasets import RunLayout
 from udl.report import build_report
-from udl.storage import RunLayout, write_part
+from udl.storage import write_part
 
 TOPICS = ["cooking", "astronomy", "football"]
 DBSCAN = {

@@ -25,9 +25,10 @@ from matplotlib.image import imread
 from tests.test_report import CONFIG, _browse
 from udl import schema as S
 from udl.config import PipelineConfig, ReportConfig
+from udl.datasets import RunLayout
 from udl.features import compute_features
 from udl.report import build_report
-from udl.storage import RunLayout, write_part
+from udl.storage import write_part
 
 REPO = Path(__file__).resolve().parents[1]
 SYLLABLES = ["ka", "lo", "mi", "ren", "tu", "vos", "shi", "dar", "bel", "qui", "zor", "pam"]

@@ -18,10 +18,12 @@ import torch
 
 from udl.config import EncoderConfig, InputConfig, PreprocessConfig, TwoViewConfig
 from udl.corpus import ingest
-from udl.embed import embed_corpus, load_encoder, make_encoder, read_documents, read_embeddings
+from udl.datasets import read_embeddings
+from udl.embed import embed_corpus, load_encoder, make_encoder, read_documents
 from udl.encoders.base import DocumentBatch, resolve_device
 from udl.encoders.teacher import Teacher, cache_dir
-from udl.encoders.twoview import TwoViewEncoder, mix_views
+from udl.encoders.twoview import TwoViewEncoder
+from udl.encoders.views import mix_views
 from udl.errors import NotFittedError
 from udl.features import compute_features
 from udl.schema import HAS_FEATURES

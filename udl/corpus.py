@@ -41,7 +41,8 @@ from udl import schema as S
 from udl.config import InputConfig
 from udl.errors import ConfigError, InputDataError
 from udl.parallel import compute
-from udl.readers import Source, read_source, resolve_sources
+from udl.readers import read_source
+from udl.sources import Source, resolve_sources
 from udl.storage import PartWriter, atomic_dir, dataset_parts, write_part
 from udl.validation import (
     KeptDocs,

@@ -29,15 +29,24 @@ from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from udl import schema as S
+from udl.cluster.kmeans import initial_clusters
 from udl.config import EncoderConfig, PreprocessConfig
+from udl.datasets import (
+    ENCODER_CONFIG_FILE,
+    ENCODER_DIR,
+    TFIDF_FILE,
+    aligned_parts,
+    decode_vectors,
+    embeddings_table,
+    read_csr,
+)
 from udl.encoders.attention import AttentionEncoder
 from udl.encoders.autoencoder import AutoencoderEncoder
 from udl.encoders.base import DocumentBatch, Encoder
-from udl.encoders.estimator import CONFIG_FILE, TorchEncoder
+from udl.encoders.estimator import TorchEncoder
 from udl.encoders.training import TrainingResult
 from udl.encoders.twoview import TwoViewEncoder
 from udl.errors import ConfigError
-from udl.features import TFIDF_FILE, read_csr
 from udl.storage import atomic_dir, dataset_parts, sample_rows, write_part
 
 __all__ = [
@@ -49,14 +58,11 @@ __all__ = [
     "load_encoder",
     "make_encoder",
     "read_documents",
-    "read_embeddings",
-    "read_has_features",
     "write_embeddings",
 ]
 
 log = logging.getLogger(__name__)
 
-ENCODER_DIR = "encoder"
 VALID_SHARE = 0.1
 _ENCODERS: dict[str, type[TorchEncoder]] = {
     AutoencoderEncoder.kind: AutoencoderEncoder,
@@ -174,10 +180,10 @@ def load_encoder(folder: Path, device: str | None = None) -> Encoder:
     Raises:
         ConfigError: `folder` holds no checkpoint.
     """
-    config_file = folder / CONFIG_FILE
+    config_file = folder / ENCODER_CONFIG_FILE
     if not config_file.is_file():
         raise ConfigError(
-            f"{folder} holds no encoder checkpoint ({CONFIG_FILE} missing); pass a run's "
+            f"{folder} holds no encoder checkpoint ({ENCODER_CONFIG_FILE} missing); pass a run's "
             "models/encoder folder"
         )
     kind = json.loads(config_file.read_text())["kind"]
@@ -188,28 +194,6 @@ def load_encoder(folder: Path, device: str | None = None) -> Encoder:
     if kind == TwoViewEncoder.kind:
         return TwoViewEncoder.load(folder, device)
     return _ENCODERS[kind].load(folder, device)
-
-
-def _embeddings_table(
-    doc_ids: list[str],
-    vectors: NDArray[np.float32],
-    scores: NDArray[np.float32],
-    featured: NDArray[np.bool_] | None = None,
-) -> pa.Table:
-    """One `embeddings/` part: vectors (n, dim) float32, anomaly scores (n,) float32 and
-    `has_features` (n,) bool (None: every document has features)."""
-    dim = vectors.shape[1]
-    if featured is None:
-        featured = np.ones(len(doc_ids), np.bool_)
-    return pa.Table.from_arrays(
-        [
-            pa.array(doc_ids, pa.string()),
-            pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
-            pa.array(scores, pa.float32()),
-            pa.array(featured, pa.bool_()),
-        ],
-        schema=S.embeddings_schema(dim),
-    )
 
 
 def write_embeddings(
@@ -227,7 +211,7 @@ def write_embeddings(
     n_docs = n_empty = 0
     reads_tfidf = isinstance(encoder, TorchEncoder)
     with atomic_dir(embeddings_dir) as out:
-        parts = list(zip(dataset_parts(corpus_dir), dataset_parts(features_dir), strict=True))
+        parts = aligned_parts(corpus_dir, features_dir)
         for index, (corpus_part, features_part) in enumerate(
             tqdm(parts, desc="embed", unit="part", disable=None)
         ):
@@ -238,7 +222,7 @@ def write_embeddings(
                 vectors, scores = encoder.transform(docs)
                 featured = has_features(docs) if reads_tfidf else None
             vectors = vectors.reshape(len(doc_ids), encoder.dim)
-            write_part(_embeddings_table(doc_ids, vectors, scores, featured), out, index)
+            write_part(embeddings_table(doc_ids, vectors, scores, featured), out, index)
             n_docs += len(doc_ids)
             n_empty += 0 if featured is None else int(np.sum(~featured))
     return n_docs, n_empty
@@ -260,9 +244,7 @@ def has_supplied_vectors(corpus_dir: Path) -> bool:
 def _read_supplied(part: Path) -> tuple[list[str], NDArray[np.float32]]:
     """Doc ids and supplied vectors (n, dim) float32 of one corpus part."""
     table = pq.read_table(part, columns=[S.DOC_ID, S.EMBEDDING])
-    column = table.column(S.EMBEDDING).combine_chunks()
-    vectors = column.flatten().to_numpy().reshape(table.num_rows, column.type.list_size)
-    return table.column(S.DOC_ID).to_pylist(), vectors
+    return table.column(S.DOC_ID).to_pylist(), decode_vectors(table.column(S.EMBEDDING))
 
 
 def _unit(vectors: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -310,7 +292,7 @@ def copy_embeddings(corpus_dir: Path, embeddings_dir: Path, normalize: bool) -> 
             unit = _unit(vectors)
             scores = np.clip(1.0 - unit @ direction, 0.0, 2.0).astype(np.float32)
             write_part(
-                _embeddings_table(doc_ids, unit if normalize else vectors, scores), out, index
+                embeddings_table(doc_ids, unit if normalize else vectors, scores), out, index
             )
             n_docs += len(doc_ids)
     return EmbedResult(
@@ -374,7 +356,9 @@ def embed_corpus(
     encoder.fit(train, valid if n_valid else train)
     dec = None
     if encoder_config.dec.method != "none" and hasattr(encoder, "refine_clusters"):
-        dec = encoder.refine_clusters(sample.take(order[: encoder_config.dec.max_docs]))
+        dec = encoder.refine_clusters(
+            sample.take(order[: encoder_config.dec.max_docs]), initial_clusters
+        )
     encoder.save(models_dir / ENCODER_DIR)
     trained = time.perf_counter()
     n_docs, n_empty = write_embeddings(
@@ -399,20 +383,3 @@ def embed_corpus(
         teacher_sample=getattr(encoder, "teacher_sample_", 0),
         teacher_seconds=getattr(encoder, "teacher_seconds_", 0.0),
     )
-
-
-def read_embeddings(path: Path) -> tuple[list[str], NDArray[np.float32], NDArray[np.float32]]:
-    """Doc ids, embeddings (n, dim) and anomaly scores of one embeddings part or dataset."""
-    table = pq.read_table(path)
-    column = table.column(S.EMBEDDING).combine_chunks()
-    vectors = column.flatten().to_numpy().reshape(table.num_rows, column.type.list_size)
-    return table.column(S.DOC_ID).to_pylist(), vectors, table.column(S.ANOMALY).to_numpy()
-
-
-def read_has_features(path: Path) -> NDArray[np.bool_]:
-    """`has_features` (n,) of one embeddings part; all True for parts written before it existed."""
-    schema = pq.read_schema(path)
-    if S.HAS_FEATURES not in schema.names:
-        return np.ones(pq.ParquetFile(path).metadata.num_rows, np.bool_)
-    column = pq.read_table(path, columns=[S.HAS_FEATURES]).column(S.HAS_FEATURES)
-    return column.to_numpy(zero_copy_only=False).astype(np.bool_)

@@ -26,6 +26,9 @@ from sklearn import config_context
 from sklearn import metrics as skm
 from sklearn.preprocessing import normalize
 
+from udl.cluster._checks import Metric
+from udl.cluster.align import match_centroids
+
 __all__ = [
     "ClusterChanges",
     "ClusterMatch",
@@ -258,8 +261,9 @@ class ClusterMatch:
 class ClusterChanges:
     """How the clusters of two runs correspond.
 
-    `moved` holds the matches whose centroid shifted more than `MOVE_SHARE` of the way to the
-    edge of the previous cluster's territory (half the distance to its nearest neighbour).
+    `moved` holds the matches whose centroid shifted more than `udl.cluster.align.MOVE_SHARE`
+    of the way to the edge of the previous cluster's territory (half the distance to its
+    nearest neighbour).
     """
 
     matched_by: str  # "alignment" (models/alignment.json), "centroids" or "none"
@@ -269,38 +273,17 @@ class ClusterChanges:
     moved: list[ClusterMatch]
 
 
-# A current centroid continues a previous cluster only inside that cluster's territory, within
-# half the distance from the old centroid to its nearest neighbour: there it is nearer to it
-# than to any other previous centroid (euclidean), whatever the scale of the space. It "moved"
-# when it went more than MOVE_SHARE of the way from the old centroid to the territory's edge.
-MOVE_SHARE = 0.5
-
-
-def _distances(a: NDArray[np.float32], b: NDArray[np.float32], metric: str) -> NDArray[np.float64]:
-    """Pairwise centroid distances (len(a), len(b)) in the clustering's metric."""
-    if metric == "cosine":
-        return 1.0 - normalize(a).astype(np.float64) @ normalize(b).astype(np.float64).T
-    return skm.pairwise_distances(a, b, metric="euclidean")
-
-
-def _territories(previous: NDArray[np.float32], metric: str) -> NDArray[np.float64]:
-    """Half the distance from each previous centroid to its nearest other one (inf if alone)."""
-    d = _distances(previous, previous, metric)
-    np.fill_diagonal(d, np.inf)
-    return d.min(axis=1) / 2 if len(previous) > 1 else np.full(len(previous), np.inf)
-
-
 def match_clusters(
     current: NDArray[np.float32],
     previous: NDArray[np.float32],
-    metric: str,
+    metric: Metric,
     alignment: dict[int, int | None] | None = None,
+    same_space: bool = True,
 ) -> ClusterChanges:
     """Which clusters appeared, vanished or moved between two runs.
 
-    Without an alignment, clusters are paired by the Hungarian assignment of smallest centroid
-    distance, and a pair counts only when the current centroid lies inside the previous
-    cluster's territory (see `MOVE_SHARE`).
+    Without an alignment, clusters are paired as the clustering step pairs them
+    (`udl.cluster.align.match_centroids`).
 
     Args:
         current: float32 array (k, dim), this run's centroids (row = cluster id).
@@ -308,31 +291,33 @@ def match_clusters(
         metric: ``"cosine"`` or ``"l2"``, the clustering's metric.
         alignment: current cluster id -> previous cluster id (None: new), as written by the
             clustering step; when given, it decides the pairs and centroids only measure shifts.
+        same_space: whether both runs embed into one space (`udl.lineage.embedding_space`);
+            centroids of two spaces are not comparable even when their widths agree.
 
     Returns:
         The matches, appeared and vanished cluster ids, and the matches that moved.
     """
-    comparable = current.ndim == previous.ndim == 2 and current.shape[1] == previous.shape[1]
+    comparable = (
+        same_space and current.ndim == previous.ndim == 2 and current.shape[1] == previous.shape[1]
+    )
     if alignment is None and not comparable:
         return ClusterChanges("none", [], [], [], [])
-    d = _distances(current, previous, metric) if comparable else None
-    radius = _territories(previous, metric) if comparable else None
+    match = match_centroids(current, previous, metric) if comparable else None
     if alignment is not None:
         pairs = [(c, p) for c, p in sorted(alignment.items()) if p is not None]
         matched_by = "alignment"
     else:
-        assert d is not None and radius is not None  # comparable, checked above
-        rows, cols = linear_sum_assignment(d)
-        pairs = [(int(c), int(p)) for c, p in zip(rows, cols, strict=True) if d[c, p] <= radius[p]]
+        assert match is not None  # comparable, checked above
+        pairs = sorted(match.pairs.items())
         matched_by = "centroids"
     matches = [
-        ClusterMatch(c, p, float(d[c, p]) if d is not None and c < len(d) else None)
+        ClusterMatch(c, p, float(match.distances[c, p]) if match and c < len(current) else None)
         for c, p in pairs
     ]
     moved = [
         m
         for m in matches
-        if m.shift is not None and radius is not None and m.shift > MOVE_SHARE * radius[m.previous]
+        if match is not None and m.shift is not None and match.moved(m.current, m.previous)
     ]
     return ClusterChanges(
         matched_by=matched_by,
@@ -364,6 +349,7 @@ def compare_runs(
     previous_centroids: NDArray[np.float32],
     current_centroids: NDArray[np.float32],
     alignment: dict[int, int | None] | None = None,
+    same_space: bool = True,
 ) -> dict[str, Any]:
     """Metric deltas and the clusters that appeared, vanished or moved between two runs.
 
@@ -373,6 +359,7 @@ def compare_runs(
         previous_centroids: float32 array (k_prev, dim).
         current_centroids: float32 array (k, dim).
         alignment: current cluster id -> previous id (None: new), see `match_clusters`.
+        same_space: whether both runs embed into one space, see `match_clusters`.
 
     Returns:
         A JSON-ready dict: ``metric_deltas`` (name -> previous, current, delta), ``matched_by``,
@@ -384,7 +371,9 @@ def compare_runs(
         for name in COMPARED
         if isinstance(before.get(name), int | float) and isinstance(now.get(name), int | float)
     }
-    changes = match_clusters(current_centroids, previous_centroids, now["metric"], alignment)
+    changes = match_clusters(
+        current_centroids, previous_centroids, now["metric"], alignment, same_space
+    )
     current = {c["cluster_id"]: c for c in now.get("clusters", [])}
     previous = {c["cluster_id"]: c for c in before.get("clusters", [])}
 
@@ -397,7 +386,12 @@ def compare_runs(
         }
 
     note = ""
-    if changes.matched_by == "none":
+    if changes.matched_by == "none" and not same_space:
+        note = (
+            "the runs embed into different spaces (an encoder trained from scratch opens a new "
+            "one), so their clusters cannot be paired; warm-start the encoder to compare them"
+        )
+    elif changes.matched_by == "none":
         note = (
             f"centroid shapes differ ({current_centroids.shape} now, "
             f"{previous_centroids.shape} before) and there is no alignment.json"

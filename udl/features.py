@@ -19,7 +19,6 @@ corpus, features and embeddings side by side.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,36 +29,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 from numpy.typing import NDArray
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-from sklearn.utils import murmurhash3_32
 
 from udl import schema as S
 from udl.config import PreprocessConfig
+from udl.datasets import TFIDF_FILE, VOCABULARY_FILE, features_table, read_csr, read_idf
 from udl.parallel import compute
 from udl.storage import atomic_dir, dataset_parts, write_part, write_table_atomic
+from udl.tokens import hash_tokens, split_tokens
 
-__all__ = [
-    "FeaturesResult",
-    "compute_features",
-    "hash_tokens",
-    "normalize_texts",
-    "read_csr",
-    "read_idf",
-    "read_vocabulary",
-    "tokenize",
-]
+__all__ = ["FeaturesResult", "compute_features"]
 
 log = logging.getLogger(__name__)
 
-TFIDF_FILE = "tfidf.parquet"
-VOCABULARY_FILE = "vocabulary.parquet"
-STOP_WORDS = pa.array(sorted(ENGLISH_STOP_WORDS), pa.string())
-# Runs of characters that are not letters, digits or "_": the complement of Python's `\w`,
-# so splitting on them and keeping pieces of 2+ characters gives scikit-learn's default
-# token pattern `\b\w\w+\b`.
-NON_WORD = r"[^\p{L}\p{N}_]+"
-# Bytes that are ASCII word characters: letters, digits and "_" (Python's `\w` on ASCII).
-WORD_BYTES = np.array([b < 128 and (chr(b).isalnum() or b == ord("_")) for b in range(256)])
 TOKEN_STATS = pa.schema([pa.field("token", pa.string()), pa.field("df", pa.int64())])
 
 
@@ -71,133 +52,6 @@ class FeaturesResult:
     n_features_kept: int
     n_empty_docs: int  # documents left with no feature after tokenising and pruning
     n_parts: int
-
-
-def normalize_texts(texts: pa.Array, config: PreprocessConfig) -> pa.Array:
-    """Unicode-normalise (NFKC; NFKD minus combining marks when folding accents), then case.
-
-    Args:
-        texts: string array of documents.
-        config: `strip_accents` and `lowercase`.
-
-    Returns:
-        A string array of the same length.
-    """
-    if config.strip_accents:
-        texts = pc.replace_substring_regex(pc.utf8_normalize(texts, "NFKD"), r"\p{Mn}+", "")
-    else:
-        texts = pc.utf8_normalize(texts, "NFKC")
-    return pc.utf8_lower(texts) if config.lowercase else texts
-
-
-def _ascii_words(texts: pa.Array) -> tuple[NDArray[np.int64], pa.Array]:
-    """Maximal runs of [A-Za-z0-9_] in ASCII texts, found on the Arrow data buffer.
-
-    For ASCII text these are exactly the runs of Python's `\\w`, at a fraction of the cost of
-    a regex split (a lookup table and a few passes over the bytes).
-    """
-    texts = pa.concat_arrays([texts, pa.array([""], pa.string())])  # fresh buffers, offset 0
-    offsets = np.frombuffer(texts.buffers()[1], np.int32)[: len(texts) + 1].astype(np.int64)
-    data = np.frombuffer(texts.buffers()[2] or b"", np.uint8)[: offsets[-1]]
-    word = WORD_BYTES[data]
-    prev, after = np.zeros_like(word), np.zeros_like(word)
-    prev[1:], after[:-1] = word[:-1], word[1:]
-    prev[offsets[:-1][offsets[:-1] < len(data)]] = False  # a word never spans two documents
-    after[offsets[1:][offsets[1:] > 0] - 1] = False
-    starts, ends = np.flatnonzero(word & ~prev), np.flatnonzero(word & ~after) + 1
-    lengths = ends - starts
-    token_offsets = np.concatenate([[0], np.cumsum(lengths)])
-    gather = np.arange(token_offsets[-1]) + np.repeat(starts - token_offsets[:-1], lengths)
-    words = pa.StringArray.from_buffers(
-        len(starts),
-        pa.py_buffer(token_offsets.astype(np.int32)),
-        pa.py_buffer(data[gather].tobytes()),
-    )
-    return np.searchsorted(offsets, starts, side="right") - 1, words
-
-
-def _words(texts: pa.Array) -> tuple[NDArray[np.int64], pa.Array]:
-    """Runs of word characters with their document's position, sorted by document."""
-    ascii_docs = pc.fill_null(pc.string_is_ascii(texts), True).to_numpy(zero_copy_only=False)
-    fast, slow = np.flatnonzero(ascii_docs), np.flatnonzero(~ascii_docs)
-    doc_fast, words_fast = _ascii_words(texts.take(pa.array(fast)))
-    split = pc.split_pattern_regex(texts.take(pa.array(slow)), NON_WORD)
-    doc_slow = pc.list_parent_indices(split).to_numpy()
-    doc = np.concatenate([fast[doc_fast], slow[doc_slow]])
-    order = np.argsort(doc, kind="stable")
-    words = pa.concat_arrays([words_fast, pc.list_flatten(split)])
-    return doc[order], words.take(pa.array(order))
-
-
-def _tokens(texts: pa.Array, config: PreprocessConfig) -> tuple[NDArray[np.int64], pa.Array]:
-    """Every token (words, then word n-grams) with the position of its document.
-
-    Returns:
-        (doc, tokens): int64 array and string array of the same length; per document, the
-        words come in text order, then its bigrams, trigrams (scikit-learn's order).
-    """
-    doc, words = _words(normalize_texts(texts, config))
-    keep = pc.greater_equal(pc.utf8_length(words), 2)
-    if config.stop_words == "english":
-        keep = pc.and_(keep, pc.invert(pc.is_in(words, value_set=STOP_WORDS)))
-    doc, words = doc[keep.to_numpy(zero_copy_only=False)], words.filter(keep)
-    docs, grams = [doc], [words]
-    m = len(words)
-    for n in range(2, min(config.ngram_max, m) + 1):
-        same = doc[: m - n + 1] == doc[n - 1 :]  # doc is sorted: ends in one doc = all in it
-        joined = pc.binary_join_element_wise(*(words.slice(j, m - n + 1) for j in range(n)), " ")
-        docs.append(doc[: m - n + 1][same])
-        grams.append(joined.filter(pa.array(same)))
-    doc = np.concatenate(docs)
-    if len(docs) == 1:
-        return doc, words
-    order = np.argsort(doc, kind="stable")
-    return doc[order], pa.concat_arrays(grams).take(pa.array(order))
-
-
-def tokenize(texts: Sequence[str] | pa.Array, config: PreprocessConfig) -> list[list[str]]:
-    """Tokens of each document: the analyzer of the features step, for tests and callers.
-
-    Example:
-        >>> tokenize(["The Café's menu, the café's wine"], PreprocessConfig(ngram_max=2))
-        [['café', 'menu', 'café', 'wine', 'café menu', 'menu café', 'café wine']]
-    """
-    array = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
-    doc, tokens = _tokens(array, config)
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(doc, minlength=len(array)))])
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), tokens).to_pylist()
-
-
-def hash_tokens(tokens: Sequence[str], n_features: int) -> NDArray[np.int64]:
-    """Feature id of each token, identical to the id `HashingVectorizer` gives it.
-
-    Signed MurmurHash3 (seed 0) of the UTF-8 bytes, absolute value modulo `n_features`, with
-    scikit-learn's special case for -2**31 (whose absolute value does not fit an int32).
-    """
-    h = np.fromiter((murmurhash3_32(t, 0) for t in tokens), np.int64, count=len(tokens))
-    return np.where(
-        h == -(2**31), (2**31 - 1 - (n_features - 1)) % n_features, np.abs(h) % n_features
-    )
-
-
-def _csr_table(doc_ids: pa.Array, matrix: sp.csr_matrix) -> pa.Table:
-    offsets = pa.array(matrix.indptr.astype(np.int32))
-    indices = pa.ListArray.from_arrays(offsets, pa.array(matrix.indices.astype(np.int32)))
-    values = pa.ListArray.from_arrays(offsets, pa.array(matrix.data.astype(np.float32)))
-    return pa.Table.from_arrays([doc_ids, indices, values], schema=S.FEATURES_SCHEMA)
-
-
-def read_csr(table: pa.Table, n_features: int) -> sp.csr_matrix:
-    """Rebuild the float32 CSR matrix (n_docs, n_features) of a features table."""
-    indices = table.column(S.INDICES).combine_chunks()
-    values = table.column(S.VALUES).combine_chunks()
-    indptr = indices.offsets.to_numpy().astype(np.int64)
-    indptr -= indptr[0]
-    return sp.csr_matrix(
-        (values.flatten().to_numpy(), indices.flatten().to_numpy(), indptr),
-        shape=(table.num_rows, n_features),
-        dtype=np.float32,
-    )
 
 
 def _top_tokens(stats: pa.Table, limit: int) -> pa.Table:
@@ -212,7 +66,7 @@ def _count_part(
     """Pass 1 on one part: write raw hashed counts; return df, top token df and row count."""
     table = pq.read_table(corpus_part, columns=[S.DOC_ID, S.TEXT], use_threads=False)
     n_docs = table.num_rows
-    doc, tokens = _tokens(table.column(S.TEXT).combine_chunks(), config)
+    doc, tokens = split_tokens(table.column(S.TEXT).combine_chunks(), config)
     encoded = pc.dictionary_encode(tokens)
     token_index = encoded.indices.to_numpy().astype(np.int64)
     vocab = encoded.dictionary
@@ -224,7 +78,7 @@ def _count_part(
     )
     counts.sum_duplicates()
     counts.sort_indices()
-    write_part(_csr_table(table.column(S.DOC_ID).combine_chunks(), counts), counts_dir, index)
+    write_part(features_table(table.column(S.DOC_ID).combine_chunks(), counts), counts_dir, index)
     df = np.bincount(counts.indices, minlength=config.n_features).astype(np.int64)
     # Same trick per distinct token: its column's stored entries are the documents holding it.
     by_token = sp.csr_matrix(
@@ -245,14 +99,6 @@ def _merge_stats(a: tuple, b: tuple, limit: int) -> tuple:
     )
     tokens = pa.Table.from_arrays([grouped["token"], grouped["df_sum"]], schema=TOKEN_STATS)
     return a[0] + b[0], _top_tokens(tokens, limit), a[2] + b[2]
-
-
-def read_idf(models_dir: Path, n_features: int) -> NDArray[np.float32]:
-    """Dense IDF vector (n_features,); pruned features have weight 0."""
-    table = pq.read_table(models_dir / TFIDF_FILE)
-    idf = np.zeros(n_features, np.float32)
-    idf[table.column("feature").to_numpy()] = table.column("idf").to_numpy()
-    return idf
 
 
 def _tfidf_part(
@@ -276,7 +122,7 @@ def _tfidf_part(
         ((weighted / norms[rows]).astype(np.float32), indices, indptr),
         shape=matrix.shape,
     )
-    write_part(_csr_table(table.column(S.DOC_ID).combine_chunks(), matrix), out_dir, index)
+    write_part(features_table(table.column(S.DOC_ID).combine_chunks(), matrix), out_dir, index)
     return int(np.sum(np.diff(matrix.indptr) == 0))
 
 
@@ -361,11 +207,3 @@ def compute_features(
     result = FeaturesResult(n_docs, int(np.count_nonzero(idf)), int(empty), len(parts))
     log.info("features: %s", result)
     return result
-
-
-def read_vocabulary(models_dir: Path) -> dict[int, str]:
-    """Hashed feature id → its most frequent token, for naming keywords."""
-    table = pq.read_table(models_dir / VOCABULARY_FILE)
-    return dict(
-        zip(table.column("feature").to_pylist(), table.column("token").to_pylist(), strict=True)
-    )

@@ -12,7 +12,7 @@ import fsspec
 
 from udl import __version__
 from udl.config import InputConfig
-from udl.corpus import resolve_sources
+from udl.sources import resolve_sources
 
 __all__ = ["code_version", "source_fingerprint", "step_key"]
 

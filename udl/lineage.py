@@ -16,10 +16,9 @@ import logging
 from pathlib import Path
 
 from udl.config import PipelineConfig
-from udl.embed import ENCODER_DIR
-from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE
+from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE, RunLayout
 from udl.errors import ConfigError
-from udl.storage import RunLayout, read_json
+from udl.storage import read_json
 
 __all__ = [
     "WARM_START_PREVIOUS",
@@ -52,7 +51,7 @@ def pin_previous_run(layout: RunLayout) -> RunLayout | None:
     if run_id is None or run_id == layout.run_id:
         return None
     previous = RunLayout(layout.output_dir, run_id)
-    return previous if (previous.steps / "cluster.json").exists() else None
+    return previous if previous.step_record("cluster").exists() else None
 
 
 def resolve_warm_start(config: PipelineConfig, previous: RunLayout | None) -> PipelineConfig:
@@ -63,17 +62,20 @@ def resolve_warm_start(config: PipelineConfig, previous: RunLayout | None) -> Pi
     if config.encoder.warm_start != WARM_START_PREVIOUS:
         # An explicit checkpoint is checked now, before any work, not when embedding starts.
         given = Path(config.encoder.warm_start)
-        if not (given / CONFIG_FILE).is_file() or not (given / WEIGHTS_FILE).is_file():
+        if (
+            not (given / ENCODER_CONFIG_FILE).is_file()
+            or not (given / ENCODER_WEIGHTS_FILE).is_file()
+        ):
             raise ConfigError(
                 f"encoder.warm_start {given} is not an encoder checkpoint (it needs "
-                f"{CONFIG_FILE} and {WEIGHTS_FILE}; udl writes them to runs/<id>/models/encoder)"
+                f"{ENCODER_CONFIG_FILE} and {ENCODER_WEIGHTS_FILE}; udl writes them to runs/<id>/models/encoder)"
             )
         return config
-    checkpoint = previous.models / ENCODER_DIR if previous is not None else None
+    checkpoint = previous.encoder if previous is not None else None
     reason = None
-    if checkpoint is None or not (checkpoint / CONFIG_FILE).is_file():
+    if checkpoint is None or not (checkpoint / ENCODER_CONFIG_FILE).is_file():
         reason = "no previous run with an encoder checkpoint"
-    elif read_json(checkpoint / CONFIG_FILE).get("kind") != config.encoder.kind:
+    elif read_json(checkpoint / ENCODER_CONFIG_FILE).get("kind") != config.encoder.kind:
         reason = f"the previous run's encoder is not a {config.encoder.kind!r} encoder"
     if reason is not None:
         log.info("encoder.warm_start=previous: %s; training from scratch", reason)
@@ -83,7 +85,7 @@ def resolve_warm_start(config: PipelineConfig, previous: RunLayout | None) -> Pi
 
 def space_of(layout: RunLayout) -> str | None:
     """The embedding space recorded by a run's embed step, if it has one."""
-    record = layout.steps / "embed.json"
+    record = layout.step_record("embed")
     return read_json(record).get("space") if record.exists() else None
 
 
@@ -102,7 +104,7 @@ def embedding_space(config: PipelineConfig, embed_key: str) -> str:
     if encoder.warm_start is not None:
         # A checkpoint inside a run (runs/<id>/models/encoder) inherits that run's space.
         source = Path(encoder.warm_start).resolve().parent.parent
-        record = source / "steps" / "embed.json"
+        record = RunLayout(source.parent.parent, source.name).step_record("embed")
         if record.exists():
             return read_json(record).get("space") or f"checkpoint:{encoder.warm_start}"
         return f"checkpoint:{encoder.warm_start}"

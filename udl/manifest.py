@@ -17,8 +17,9 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from udl.config import PipelineConfig
+from udl.datasets import RunLayout
 from udl.errors import UdlError
-from udl.storage import RunLayout, read_json, write_json_atomic
+from udl.storage import read_json, write_json_atomic
 
 __all__ = [
     "STEPS",
@@ -64,7 +65,7 @@ def new_run_id(now: datetime | None = None) -> str:
 def save_step(layout: RunLayout, step: str, key: str, record: dict[str, Any]) -> dict[str, Any]:
     """Mark `step` complete: written last, after the step's outputs are in place."""
     record = redact({"step": step, "key": key, **record})
-    write_json_atomic(layout.steps / f"{step}.json", record)
+    write_json_atomic(layout.step_record(step), record)
     return record
 
 
@@ -86,7 +87,7 @@ def write_manifest(
     timings, versions."""
     steps = {}
     for step in STEPS:
-        path = layout.steps / f"{step}.json"
+        path = layout.step_record(step)
         if path.exists():
             steps[step] = read_json(path)
     manifest = {
@@ -127,7 +128,7 @@ def reuse_steps(source: RunLayout, target: RunLayout, steps: tuple[str, ...]) ->
     record: dict[str, Any] = {}
     target.models.mkdir(parents=True, exist_ok=True)
     for step in steps:
-        path = source.steps / f"{step}.json"
+        path = source.step_record(step)
         if not path.exists():
             raise UdlError(f"run {source.run_id} has no completed {step} step to reuse ({path})")
         record = read_json(path)
@@ -141,5 +142,5 @@ def reuse_steps(source: RunLayout, target: RunLayout, steps: tuple[str, ...]) ->
                 shutil.copytree(src, dst, dirs_exist_ok=True)
             else:
                 shutil.copy2(src, dst)
-        write_json_atomic(target.steps / f"{step}.json", {**record, "reused_from": source.run_id})
+        write_json_atomic(target.step_record(step), {**record, "reused_from": source.run_id})
     return record

@@ -16,9 +16,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from udl.config import LATEST_RUN, PipelineConfig, RuntimeConfig
+from udl.datasets import RunLayout
 from udl.errors import ConfigError
-from udl.readers import Source, read_source, resolve_sources
-from udl.storage import RunLayout
+from udl.readers import read_source
+from udl.sources import Source, resolve_sources
 
 __all__ = [
     "RECLUSTER_REUSES",
@@ -117,7 +118,7 @@ def reusable_run(output_dir: str, run_id: str, steps: tuple[str, ...]) -> RunLay
     """
     layout = existing_run(output_dir, run_id)
     for step in steps:
-        if not (layout.steps / f"{step}.json").exists():
+        if not layout.step_record(step).exists():
             raise ConfigError(
                 f"run {layout.run_id} has no completed {step} step (see its manifest.json); "
                 "choose another run with --from/--run, or rerun it with --run-id "

@@ -23,6 +23,7 @@ from jinja2 import Environment, PackageLoader, Undefined
 from numpy.typing import NDArray
 
 from udl.config import PipelineConfig
+from udl.datasets import RunLayout, read_vocabulary
 from udl.describe import ClusterDescriber, Description
 from udl.evaluate import (
     Contingency,
@@ -31,7 +32,6 @@ from udl.evaluate import (
     contingency_scores,
     internal_scores,
 )
-from udl.features import read_vocabulary
 from udl.figures import (
     WIDE_INCHES,
     plot_confusion,
@@ -40,6 +40,7 @@ from udl.figures import (
     plot_sizes,
     to_png,
 )
+from udl.lineage import space_of
 from udl.report_inputs import (
     NO_FEATURES_REASON,
     Sample,
@@ -49,7 +50,7 @@ from udl.report_inputs import (
     rejects_by_reason,
     stream_parts,
 )
-from udl.storage import RunLayout, read_json, write_json_atomic
+from udl.storage import read_json, write_json_atomic
 
 __all__ = ["ReportResult", "build_report", "previous_run"]
 
@@ -146,11 +147,11 @@ def previous_run(layout: RunLayout) -> RunLayout | None:
         return None
     run_id = layout.latest.resolve().name
     if run_id == layout.run_id:
-        own = layout.report / "metrics.json"
+        own = layout.metrics
         earlier = (read_json(own).get("comparison") or {}) if own.exists() else {}
         run_id = earlier.get("previous_run_id", layout.run_id)
     previous = RunLayout(layout.output_dir, run_id)
-    if run_id == layout.run_id or not (previous.report / "metrics.json").exists():
+    if run_id == layout.run_id or not previous.metrics.exists():
         return None
     return previous
 
@@ -260,12 +261,20 @@ def _render(
 def _compare(layout: RunLayout, previous: RunLayout, metrics: dict[str, Any]) -> dict[str, Any]:
     """Read what the comparison with `previous` needs (its metrics, both centroids)."""
     return compare_runs(
-        read_json(previous.report / "metrics.json"),
+        read_json(previous.metrics),
         metrics,
         read_centroids(previous),
         read_centroids(layout),
         read_alignment(layout, previous),
+        same_space=_same_space(layout, previous),
     ) | {"previous_run_id": previous.run_id}
+
+
+def _same_space(layout: RunLayout, previous: RunLayout) -> bool:
+    """Whether both runs recorded one embedding space; unknown (runs written without a space
+    record) counts as the same, as before spaces were recorded."""
+    spaces = space_of(layout), space_of(previous)
+    return None in spaces or spaces[0] == spaces[1]
 
 
 def _figures(
@@ -357,8 +366,8 @@ def build_report(
         layout.run_id,
         metrics,
         description,
-        layout.report / "index.html",
-        layout.report / "metrics.json",
+        layout.report_html,
+        layout.metrics,
     )
     write_json_atomic(result.metrics_path, metrics)
     _render(result, figures, scores.per_cluster(), config, undefined)

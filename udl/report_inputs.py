@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from udl import schema as S
+from udl.datasets import RunLayout, aligned_parts, decode_vectors, read_csr
 from udl.describe import ClusterDescriber
 from udl.evaluate import Contingency, ContingencyCounter
-from udl.features import read_csr
-from udl.storage import RunLayout, dataset_parts, read_json, sample_rows
+from udl.storage import dataset_parts, read_json, sample_rows
 
 __all__ = [
     "NO_FEATURES_REASON",
@@ -38,10 +38,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The clustering step's files (udl.cluster.assign.CENTROIDS_FILE, ALIGNMENT_FILE), named here
-# rather than imported so that the report does not load FAISS and the clustering code.
-CENTROIDS_FILE = "centroids.npy"
-ALIGNMENT_FILE = "alignment.json"
 NO_FEATURES_REASON = (
     "every token of the text was dropped (empty after normalisation, stop words only, or words "
     "rarer than preprocess.min_df), so the TF-IDF encoders have nothing to embed; they are in "
@@ -88,8 +84,7 @@ def read_sample(layout: RunLayout, size: int, seed: int) -> Sample:
         no_features = _no_features(assign)
         keep = np.ones(len(rows), bool) if no_features is None else ~no_features
         emb = pq.read_table(emb_parts[i], columns=[S.EMBEDDING, S.ANOMALY]).take(rows[keep])
-        vectors = emb.column(S.EMBEDDING).combine_chunks()
-        xs.append(vectors.flatten().to_numpy().reshape(len(emb), vectors.type.list_size))
+        xs.append(decode_vectors(emb.column(S.EMBEDDING)))
         anomaly.append(emb.column(S.ANOMALY).to_numpy())
         clusters.append(assign.column(S.CLUSTER_ID).to_numpy()[keep].astype(np.int64))
     return Sample(np.concatenate(xs), np.concatenate(clusters), np.concatenate(anomaly))
@@ -106,12 +101,8 @@ def stream_parts(
     assign_parts = dataset_parts(layout.assignments)
     columns = _assignment_columns(assign_parts[0], [S.DOC_ID, S.CLUSTER_ID, S.DISTANCE])
     counter = ContingencyCounter() if S.LABEL in columns else None
-    for assign_part, corpus_part, features_part, emb_part in zip(
-        assign_parts,
-        dataset_parts(layout.corpus),
-        dataset_parts(layout.features),
-        dataset_parts(layout.embeddings),
-        strict=True,
+    for assign_part, corpus_part, features_part, emb_part in aligned_parts(
+        layout.assignments, layout.corpus, layout.features, layout.embeddings
     ):
         assign = pq.read_table(assign_part, columns=columns)
         clusters = assign.column(S.CLUSTER_ID).to_numpy()
@@ -175,7 +166,7 @@ def read_alignment(layout: RunLayout, previous: RunLayout) -> dict[int, int | No
     ``mapping`` (``{"<current id>": <previous id or null>}``), or ``"skipped"`` with a
     ``reason`` and no mapping. Skipped alignments and alignments with another run are ignored.
     """
-    path = layout.models / ALIGNMENT_FILE
+    path = layout.alignment
     if not path.exists():
         return None
     alignment = read_json(path)
@@ -191,5 +182,5 @@ def read_alignment(layout: RunLayout, previous: RunLayout) -> dict[int, int | No
 
 def read_centroids(layout: RunLayout) -> NDArray[np.float32]:
     """A run's centroids (k, dim); an empty (0, 0) array when the run has none saved."""
-    path = layout.models / CENTROIDS_FILE
+    path = layout.centroids
     return np.load(path) if path.exists() else np.zeros((0, 0), np.float32)

@@ -7,7 +7,6 @@ import pyarrow as pa
 __all__ = [
     "ASSIGNMENTS_SCHEMA",
     "DOC_ID",
-    "EMBEDDINGS_FIELDS",
     "FEATURES_SCHEMA",
     "HAS_FEATURES",
     "LABEL",
@@ -23,7 +22,7 @@ DOC_ID = "doc_id"
 TEXT = "text"
 LABEL = "label"
 SOURCE = "source"
-ROW = "row"  # 1-based record number in its source file (see udl.readers)
+ROW = "row"  # 1-based record number in its source file (see udl.raw)
 LINE = "line"  # 1-based line where a record starts in its decompressed file (null: Parquet)
 TRUNCATED = "truncated"
 REASON = "reason"
@@ -98,8 +97,6 @@ def embeddings_schema(dim: int) -> pa.Schema:
         ]
     )
 
-
-EMBEDDINGS_FIELDS = (DOC_ID, EMBEDDING, ANOMALY, HAS_FEATURES)
 
 ASSIGNMENTS_SCHEMA = pa.schema(
     [

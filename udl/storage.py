@@ -1,4 +1,4 @@
-"""Run folders, atomic writes and Parquet part files.
+"""Atomic writes and Parquet part files (the run's layout is `udl.datasets`).
 
 Every dataset a step writes is a folder of `part-NNNNN.parquet` files that appears under its
 final name only once complete (written under a temporary name, then renamed), so a crash
@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -27,10 +26,8 @@ from udl import schema as S
 
 __all__ = [
     "PartWriter",
-    "RunLayout",
     "atomic_dir",
     "dataset_parts",
-    "mark_latest",
     "read_json",
     "sample_rows",
     "write_json_atomic",
@@ -48,65 +45,6 @@ PARQUET_OPTIONS: dict[str, Any] = {
 # ROW_GROUP_BYTES so a reader scanning one column never holds a whole large part.
 PART_MAX_BYTES = 256 * 2**20
 ROW_GROUP_BYTES = 64 * 2**20
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """Paths of one run: ``<output_dir>/runs/<run_id>/...`` (the output contract)."""
-
-    output_dir: Path
-    run_id: str
-
-    @property
-    def run_dir(self) -> Path:
-        return self.output_dir / "runs" / self.run_id
-
-    @property
-    def corpus(self) -> Path:
-        return self.run_dir / "corpus"
-
-    @property
-    def rejects(self) -> Path:
-        return self.run_dir / "rejects"
-
-    @property
-    def features(self) -> Path:
-        return self.run_dir / "features"
-
-    @property
-    def embeddings(self) -> Path:
-        return self.run_dir / "embeddings"
-
-    @property
-    def assignments(self) -> Path:
-        return self.run_dir / "assignments"
-
-    @property
-    def models(self) -> Path:
-        """Fitted state: TF-IDF vocabulary, encoder checkpoint, centroids."""
-        return self.run_dir / "models"
-
-    @property
-    def steps(self) -> Path:
-        """One small JSON record per completed step (rows, timings, chosen values)."""
-        return self.run_dir / "steps"
-
-    @property
-    def report(self) -> Path:
-        return self.run_dir / "report"
-
-    @property
-    def cache(self) -> Path:
-        """Prefect's persisted step results (the cache records), named by step key."""
-        return self.run_dir / "cache"
-
-    @property
-    def manifest(self) -> Path:
-        return self.run_dir / "manifest.json"
-
-    @property
-    def latest(self) -> Path:
-        return self.output_dir / "latest"
 
 
 @contextmanager
@@ -281,10 +219,3 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 def read_json(path: Path) -> Any:
     """Read a JSON file written by `write_json_atomic`."""
     return json.loads(path.read_text())
-
-
-def mark_latest(layout: RunLayout) -> None:
-    """Point ``<output_dir>/latest`` at this run (a relative symlink, swapped atomically)."""
-    tmp = layout.output_dir / f".latest.tmp-{uuid.uuid4().hex[:12]}"
-    os.symlink(Path("runs") / layout.run_id, tmp, target_is_directory=True)
-    os.replace(tmp, layout.latest)

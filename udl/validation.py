@@ -36,7 +36,8 @@ from udl.cluster.vectors import (
 )
 from udl.config import InputConfig
 from udl.errors import InputDataError
-from udl.readers import RawBatch, Source
+from udl.raw import RawBatch
+from udl.sources import Source
 
 __all__ = [
     "REASONS",

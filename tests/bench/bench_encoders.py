@@ -41,7 +41,8 @@ from sklearn.decomposition import TruncatedSVD
 from udl.cluster.kmeans import FaissKMeans
 from udl.config import DECConfig, EncoderConfig, InputConfig, PreprocessConfig
 from udl.corpus import ingest
-from udl.embed import embed_corpus, read_documents, read_embeddings
+from udl.datasets import read_embeddings
+from udl.embed import embed_corpus, read_documents
 from udl.evaluate import label_metrics
 from udl.features import compute_features
 from udl.storage import dataset_parts

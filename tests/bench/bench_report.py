@@ -29,8 +29,9 @@ import pyarrow.parquet as pq
 
 from udl import schema as S
 from udl.config import PipelineConfig
-from udl.features import TFIDF_FILE, VOCABULARY_FILE, hash_tokens
-from udl.storage import RunLayout, write_part
+from udl.datasets import TFIDF_FILE, VOCABULARY_FILE, RunLayout
+from udl.storage import write_part
+from udl.tokens import hash_tokens
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 64

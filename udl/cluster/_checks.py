@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from udl.errors import ConfigError
 
+Metric = Literal["cosine", "l2"]
 METRICS: tuple[str, ...] = ("cosine", "l2")
 
 

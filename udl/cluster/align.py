@@ -23,9 +23,16 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 
-from udl.cluster.kmeans import Metric, prepare
+from udl.cluster._checks import Metric
 
-__all__ = ["MOVE_SHARE", "Alignment", "align_clusters", "centroid_distances"]
+__all__ = [
+    "MOVE_SHARE",
+    "Alignment",
+    "CentroidMatch",
+    "align_clusters",
+    "centroid_distances",
+    "match_centroids",
+]
 
 # A match that moved more than this share of its territory (half the distance to the nearest
 # other previous centroid) is reported as moved: past a quarter of the way to a neighbour.
@@ -79,11 +86,49 @@ def centroid_distances(
     a: NDArray[np.float32], b: NDArray[np.float32], metric: Metric
 ) -> NDArray[np.float64]:
     """Pairwise distances (len(a), len(b)): 1 - cos for cosine, Euclidean for l2."""
-    if metric == "cosine":
-        return 1.0 - prepare(a, "cosine").astype(np.float64) @ prepare(b, "cosine").T
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    if metric == "cosine":
+        a64 /= np.maximum(np.linalg.norm(a64, axis=1, keepdims=True), 1e-12)
+        b64 /= np.maximum(np.linalg.norm(b64, axis=1, keepdims=True), 1e-12)
+        return 1.0 - a64 @ b64.T
     sq = (a64 * a64).sum(1)[:, None] - 2.0 * a64 @ b64.T + (b64 * b64).sum(1)[None, :]
     return np.sqrt(np.maximum(sq, 0.0))
+
+
+@dataclass(frozen=True)
+class CentroidMatch:
+    """Which previous cluster each current cluster continues, by centroid.
+
+    Attributes:
+        pairs: current row -> previous row, for pairs inside the previous cluster's territory.
+        distances: float64 (k, k_prev), centroid distances in the clustering's metric.
+        territory: float64 (k_prev,), half the distance from each previous centroid to its
+            nearest other previous centroid (inf when it is alone).
+    """
+
+    pairs: dict[int, int]
+    distances: NDArray[np.float64]
+    territory: NDArray[np.float64]
+
+    def moved(self, current: int, previous: int) -> bool:
+        """Whether `current` lies more than ``MOVE_SHARE`` of `previous`'s territory from it."""
+        return bool(self.distances[current, previous] > MOVE_SHARE * self.territory[previous])
+
+
+def match_centroids(
+    centroids: NDArray[np.float32], previous: NDArray[np.float32], metric: Metric
+) -> CentroidMatch:
+    """Pair current and previous centroids by the Hungarian assignment of smallest distance,
+    keeping a pair only when the current centroid lies inside the previous one's territory."""
+    dist = centroid_distances(centroids, previous, metric)
+    territory = np.full(len(previous), np.inf)
+    if len(previous) > 1:
+        among = centroid_distances(previous, previous, metric)
+        np.fill_diagonal(among, np.inf)
+        territory = among.min(axis=1) / 2
+    rows, cols = linear_sum_assignment(dist)
+    pairs = {int(r): int(c) for r, c in zip(rows, cols, strict=True) if dist[r, c] <= territory[c]}
+    return CentroidMatch(pairs, dist, territory)
 
 
 def align_clusters(
@@ -105,14 +150,8 @@ def align_clusters(
         [2, 0, 1]
     """
     k, k_prev = len(centroids), len(previous)
-    dist = centroid_distances(centroids, previous, metric)
-    territory = np.full(k_prev, np.inf)
-    if k_prev > 1:
-        among = centroid_distances(previous, previous, metric)
-        np.fill_diagonal(among, np.inf)
-        territory = among.min(axis=1) / 2
-    rows, cols = linear_sum_assignment(dist)
-    pairs = {int(r): int(c) for r, c in zip(rows, cols, strict=True) if dist[r, c] <= territory[c]}
+    match = match_centroids(centroids, previous, metric)
+    pairs, dist, territory = match.pairs, match.distances, match.territory
 
     new_ids = np.full(k, -1, dtype=np.int64)
     for r, c in pairs.items():
@@ -132,7 +171,7 @@ def align_clusters(
             "territory": float(territory[c]),
         }
         for r, c in sorted(pairs.items(), key=lambda rc: int(new_ids[rc[0]]))
-        if dist[r, c] > MOVE_SHARE * territory[c]
+        if match.moved(r, c)
     ]
     return Alignment(
         new_ids=new_ids,

@@ -28,16 +28,20 @@ from udl.cluster.kmeans import FaissKMeans, prepare, to_distance
 from udl.cluster.neighbours import flat_index
 from udl.cluster.selection import choose_k
 from udl.config import ClusterConfig
-from udl.embed import read_embeddings, read_has_features
+from udl.datasets import (
+    ALIGNMENT_FILE,
+    CENTROIDS_FILE,
+    aligned_parts,
+    read_embeddings,
+    read_has_features,
+)
 from udl.errors import ConfigError, SchemaError
 from udl.storage import atomic_dir, dataset_parts, write_json_atomic, write_part
 
-__all__ = ["ALIGNMENT_FILE", "CENTROIDS_FILE", "ClusterResult", "cluster_embeddings", "read_sample"]
+__all__ = ["ClusterResult", "cluster_embeddings", "read_sample"]
 
 log = logging.getLogger(__name__)
 
-CENTROIDS_FILE = "centroids.npy"
-ALIGNMENT_FILE = "alignment.json"
 CARRIED = {S.DOC_ID, S.TEXT, S.SOURCE, S.ROW, S.TRUNCATED, S.EMBEDDING}
 
 
@@ -364,12 +368,7 @@ def cluster_embeddings(
         ConfigError: parameters that do not fit the data (e.g. k above the number of docs).
         SchemaError: embeddings and corpus parts that do not line up.
     """
-    emb_parts, corpus_parts = dataset_parts(embeddings_dir), dataset_parts(corpus_dir)
-    if len(emb_parts) != len(corpus_parts):
-        raise SchemaError(
-            f"{embeddings_dir} has {len(emb_parts)} parts but {corpus_dir} has "
-            f"{len(corpus_parts)}; rerun the embed step."
-        )
+    parts = aligned_parts(embeddings_dir, corpus_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     previous, reason = _load_previous(previous_models)
     if config.algorithm == "kmeans":
@@ -388,7 +387,7 @@ def cluster_embeddings(
     sizes = np.zeros(len(centroids), np.int64)
     statuses = dict.fromkeys(S.STATUSES, 0)
     with atomic_dir(assignments_dir) as out:
-        for i, (emb_part, corpus_part) in enumerate(zip(emb_parts, corpus_parts, strict=True)):
+        for i, (emb_part, corpus_part) in enumerate(parts):
             doc_ids, x_part, _ = read_embeddings(emb_part)
             featured = read_has_features(emb_part)
             fitted = None

@@ -24,9 +24,9 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.metrics import silhouette_score
 
+from udl.cluster._checks import Metric
 from udl.cluster.dbscan import DBSCANResult, dbscan
 from udl.cluster.health import DOMINANT_SHARE, dominant_threshold
-from udl.cluster.kmeans import Metric
 from udl.cluster.selection import k_distances, knee_index
 
 __all__ = ["EPS_QUANTILES", "EPS_RULE", "EpsCandidate", "EpsSelection", "choose_eps"]

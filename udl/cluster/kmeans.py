@@ -26,14 +26,13 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.cluster import kmeans_plusplus
 
-from udl.cluster._checks import check_metric, check_positive_int, check_x
+from udl.cluster._checks import Metric, check_metric, check_positive_int, check_x
 from udl.cluster.lloyd import LloydResult, lloyd
 from udl.cluster.neighbours import flat_index
-from udl.errors import ConfigError
+from udl.errors import ConfigError, NotFittedError
 
-__all__ = ["FaissKMeans", "Metric", "prepare", "to_distance"]
+__all__ = ["FaissKMeans", "initial_clusters", "prepare", "to_distance"]
 
-Metric = Literal["cosine", "l2"]
 
 Init = Literal["auto", "k-means++", "random"]
 PLUSPLUS_MAX_K = 256
@@ -126,6 +125,7 @@ class FaissKMeans:
             seed,
             spherical,
         )
+        self._index: faiss.Index | None = None
 
     def fit(
         self, x: NDArray[np.floating], init_centroids: NDArray[np.floating] | None = None
@@ -232,6 +232,8 @@ class FaissKMeans:
             two clusters).
         """
         check_positive_int(batch_size, "batch_size", "FaissKMeans.predict")
+        if self._index is None:
+            raise NotFittedError("FaissKMeans.predict called before fit")
         n = len(x)
         ids, dist = np.empty(n, np.int32), np.empty(n, np.float32)
         confidence = np.empty(n, np.float32)
@@ -242,3 +244,12 @@ class FaissKMeans:
             ids[part], dist[part] = nearest[:, 0], d[:, 0]
             confidence[part] = (1.0 - d[:, 0] / np.maximum(d[:, 1], 1e-12)).clip(0.0, 1.0)
         return ids, dist, confidence
+
+
+def initial_clusters(
+    x: NDArray[np.float32], k: int, seed: int
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Euclidean k-means (3 restarts) of `x` (n, dim): centroids (k, dim) float32 and labels (n,)
+    int64; DEC's starting point (`udl.encoders.dec.InitialClusters`)."""
+    kmeans = FaissKMeans(k, metric="l2", nredo=3, seed=seed).fit(x)
+    return kmeans.cluster_centers_, kmeans.predict(x)[0].astype(np.int64)

@@ -28,8 +28,8 @@ from scipy.stats import rankdata
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 from sklearn.preprocessing import normalize
 
-from udl.cluster._checks import check_metric, check_positive_int, check_x
-from udl.cluster.kmeans import FaissKMeans, Metric
+from udl.cluster._checks import Metric, check_metric, check_positive_int, check_x
+from udl.cluster.kmeans import FaissKMeans
 from udl.cluster.neighbours import flat_index, search_copy
 from udl.errors import ConfigError
 

@@ -27,7 +27,7 @@ from udl.config import EncoderConfig, PreprocessConfig
 from udl.encoders.base import DocumentBatch, to_device
 from udl.encoders.estimator import Prepared, TorchEncoder, feature_positions
 from udl.encoders.modules import N_SPECIAL, PAD_ID, AttentionAutoencoder
-from udl.features import hash_tokens, tokenize
+from udl.tokens import hash_tokens, tokenize
 
 __all__ = ["AttentionEncoder", "TokenIds", "token_statistics"]
 

@@ -4,7 +4,8 @@ Xie, Girshick and Farhadi, "Unsupervised Deep Embedding for Clustering Analysis"
 IDEC: Guo, Gao, Liu and Yin, "Improved Deep Embedded Clustering with Local Structure
 Preservation" (IJCAI 2017).
 
-1. Centroids mu_j: k-means (FAISS) on the codes z_i of the training documents.
+1. Centroids mu_j: k-means on the codes z_i of the training documents (the caller's
+   `InitialClusters`: the embed step passes FAISS k-means, so encoders never import FAISS).
 2. Soft assignment (Student-t kernel, alpha degrees of freedom):
    q_ij = (1 + |z_i - mu_j|^2 / alpha)^(-(alpha+1)/2) / sum_j' (same for j').
 3. Target distribution, which sharpens q and divides by cluster frequency f_j = sum_i q_ij so
@@ -28,12 +29,11 @@ from numpy.typing import NDArray
 from torch import nn
 from tqdm.auto import tqdm
 
-from udl.cluster.kmeans import FaissKMeans
 from udl.config import DECConfig
 from udl.encoders.training import autocast
 from udl.errors import ConfigError
 
-__all__ = ["DECResult", "refine", "soft_assignment", "target_distribution"]
+__all__ = ["DECResult", "InitialClusters", "refine", "soft_assignment", "target_distribution"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CLUSTERS = 10
 # Maps a batch of row positions to (codes (b, dim), reconstruction errors (b,)).
 CodeFn = Callable[[NDArray[np.int64]], tuple[torch.Tensor, torch.Tensor]]
+# Maps (codes (n, dim) float32, k, seed) to k-means centroids (k, dim) float32 and labels (n,).
+InitialClusters = Callable[
+    [NDArray[np.float32], int, int], tuple[NDArray[np.float32], NDArray[np.int64]]
+]
 
 
 def soft_assignment(z: torch.Tensor, centroids: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -139,6 +143,7 @@ def refine(
     *,
     batch_size: int,
     seed: int,
+    initial: InitialClusters,
 ) -> DECResult:
     """Run DEC (or IDEC) on `n_docs` training documents, updating `model` in place.
 
@@ -149,6 +154,7 @@ def refine(
         config: method, k, kernel, stopping rule.
         batch_size: documents per mini-batch.
         seed: seeds k-means and the batch order.
+        initial: the k-means that gives the starting centroids and labels.
 
     Returns:
         Centroids, labels and the history of the run.
@@ -164,10 +170,9 @@ def refine(
         )
     device = next(model.parameters()).device
     codes = _all_codes(model, code_fn, n_docs, batch_size)
-    kmeans = FaissKMeans(n_clusters, metric="l2", nredo=3, seed=seed).fit(codes.numpy())
-    centroids = nn.Parameter(torch.from_numpy(kmeans.cluster_centers_).to(device))
-    labels = kmeans.predict(codes.numpy())[0].astype(np.int64)
-    result = DECResult(kmeans.cluster_centers_, labels, labels.copy())
+    initial_centroids, labels = initial(codes.numpy(), n_clusters, seed)
+    centroids = nn.Parameter(torch.from_numpy(initial_centroids).to(device))
+    result = DECResult(initial_centroids, labels, labels.copy())
     optimizer = torch.optim.Adam([*model.parameters(), centroids], lr=config.learning_rate)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n_docs, generator=generator).numpy()

@@ -23,23 +23,20 @@ from numpy.typing import NDArray
 from torch import nn
 
 from udl.config import EncoderConfig, PreprocessConfig
+from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE
 from udl.encoders.base import DocumentBatch, resolve_device, seed_everything
-from udl.encoders.dec import DECResult, refine
+from udl.encoders.dec import DECResult, InitialClusters, refine
 from udl.encoders.modules import cosine_error
 from udl.encoders.training import TrainingResult, autocast, epoch_budget, train
 from udl.errors import ConfigError
 
 __all__ = [
-    "CONFIG_FILE",
-    "WEIGHTS_FILE",
     "Prepared",
     "TorchEncoder",
     "feature_positions",
     "read_checkpoint",
 ]
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.pt"
 
 # Tokenisation settings that decide which hashed feature a word lands in; a checkpoint is
 # only meaningful for features hashed the same way.
@@ -83,12 +80,12 @@ def read_checkpoint(
 ) -> tuple[dict[str, Any], EncoderConfig, PreprocessConfig, dict[str, torch.Tensor]]:
     """The `config.json` payload, its encoder config (device overridden when given), its
     preprocess config, and the tensors of `weights.pt` loaded with `weights_only=True`."""
-    payload = json.loads((folder / CONFIG_FILE).read_text())
+    payload = json.loads((folder / ENCODER_CONFIG_FILE).read_text())
     config = EncoderConfig.model_validate(payload["encoder"])
     if device:
         config = config.model_copy(update={"device": device})
     preprocess = PreprocessConfig.model_validate(payload["preprocess"])
-    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    state = torch.load(folder / ENCODER_WEIGHTS_FILE, map_location="cpu", weights_only=True)
     return payload, config, preprocess, state
 
 
@@ -98,7 +95,6 @@ class TorchEncoder(ABC):
     Attributes:
         model: the torch module, on `device`.
         training_: per-epoch losses of the last `fit` (None before).
-        cluster_centers_: DEC centroids in code space (None unless DEC refined the encoder).
     """
 
     kind: ClassVar[str]
@@ -141,7 +137,6 @@ class TorchEncoder(ABC):
         # from the data-dependent initialisation (a warm start keeps its weights).
         self._fresh = True
         self.training_: TrainingResult | None = None
-        self.cluster_centers_: NDArray[np.float32] | None = None
 
     @abstractmethod
     def _build_model(self) -> nn.Module:
@@ -217,7 +212,7 @@ class TorchEncoder(ABC):
         )
         return self
 
-    def refine_clusters(self, docs: DocumentBatch) -> DECResult:
+    def refine_clusters(self, docs: DocumentBatch, initial: InitialClusters) -> DECResult:
         """DEC/IDEC refinement (`config.dec`) on `docs`, after `fit`; keeps the centroids."""
         prepared = self.prepare(docs)
         result = refine(
@@ -227,8 +222,8 @@ class TorchEncoder(ABC):
             self.config.dec,
             batch_size=self.config.batch_size,
             seed=self.seed,
+            initial=initial,
         )
-        self.cluster_centers_ = result.cluster_centers_
         return result
 
     def _lengths(self, prepared: Prepared) -> NDArray[np.int64] | None:
@@ -278,7 +273,6 @@ class TorchEncoder(ABC):
         self.config, self.preprocess, self.seed = config, preprocess, seed
         self.device = resolve_device(config.device)
         self.model.to(self.device)
-        self.cluster_centers_ = None
         return self
 
     def save(self, folder: Path) -> None:
@@ -291,15 +285,13 @@ class TorchEncoder(ABC):
             "model": self.model.get_config_dict(),
             "seed": self.seed,
         }
-        (folder / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
+        (folder / ENCODER_CONFIG_FILE).write_text(json.dumps(payload, indent=2))
         state = {
             **self.model.state_dict(),
             "input_features": torch.from_numpy(self.input_features),
             "target_features": torch.from_numpy(self.target_features),
         }
-        if self.cluster_centers_ is not None:
-            state["cluster_centers"] = torch.from_numpy(self.cluster_centers_)
-        torch.save(state, folder / WEIGHTS_FILE)
+        torch.save(state, folder / ENCODER_WEIGHTS_FILE)
 
     @classmethod
     def load(cls, folder: Path, device: str | None = None) -> Self:
@@ -314,7 +306,7 @@ class TorchEncoder(ABC):
             payload, config, preprocess, state = read_checkpoint(folder, device)
             inputs = state.pop("input_features").numpy()
             target = state.pop("target_features").numpy()
-            centers = state.pop("cluster_centers", None)
+            state.pop("cluster_centers", None)  # DEC centroids that older checkpoints kept, unread
             encoder = cls(config, preprocess, inputs, target, payload["seed"])
             encoder.model.load_state_dict(state)
         except (
@@ -330,5 +322,4 @@ class TorchEncoder(ABC):
                 "give a folder written by udl (runs/<id>/models/encoder) or train from scratch"
             ) from None
         encoder._fresh = False
-        encoder.cluster_centers_ = None if centers is None else centers.numpy()
         return encoder

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from udl.config import EncoderConfig
+from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE
 from udl.encoders.base import DocumentBatch, principal_subspace, resolve_device
-from udl.encoders.dec import DECResult, refine
-from udl.encoders.estimator import CONFIG_FILE, WEIGHTS_FILE
+from udl.encoders.dec import DECResult, InitialClusters, refine
 from udl.encoders.teacher import load_sentence_model, resolve_model_path
 from udl.encoders.training import autocast
 from udl.errors import NotFittedError
@@ -96,7 +96,7 @@ class PretrainedEncoder:
             x, self.config.pretrained.anomaly_components
         )
 
-    def refine_clusters(self, docs: DocumentBatch) -> DECResult:
+    def refine_clusters(self, docs: DocumentBatch, initial: InitialClusters) -> DECResult:
         """DEC/IDEC (`config.dec`) of a linear adapter on the fitting sample's embeddings
         (`docs` is not re-embedded: the teacher's cost stays that of `fit`)."""
         if self._sample is None:
@@ -119,6 +119,7 @@ class PretrainedEncoder:
             self.config.dec,
             batch_size=self.config.batch_size,
             seed=self.seed,
+            initial=initial,
         )
         self.adapter = adapter.eval()
         self._fit_anomaly(self._adapt(self._sample))
@@ -156,24 +157,24 @@ class PretrainedEncoder:
             "model_path": str(self.model_path),
             "seed": self.seed,
         }
-        (folder / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
+        (folder / ENCODER_CONFIG_FILE).write_text(json.dumps(payload, indent=2))
         state = {
             "mean": torch.from_numpy(self.mean_),
             "components": torch.from_numpy(self.components_),
         }
         if self.adapter is not None:
             state |= {f"adapter.{k}": v.cpu() for k, v in self.adapter.state_dict().items()}
-        torch.save(state, folder / WEIGHTS_FILE)
+        torch.save(state, folder / ENCODER_WEIGHTS_FILE)
 
     @classmethod
     def load(cls, folder: Path, device: str | None = None) -> Self:
         """Rebuild from `save`'s files; the model itself is loaded again from disk."""
-        payload = json.loads((folder / CONFIG_FILE).read_text())
+        payload = json.loads((folder / ENCODER_CONFIG_FILE).read_text())
         config = EncoderConfig.model_validate(payload["encoder"])
         if device:
             config = config.model_copy(update={"device": device})
         encoder = cls(config, payload["seed"])
-        state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(folder / ENCODER_WEIGHTS_FILE, map_location="cpu", weights_only=True)
         encoder.mean_, encoder.components_ = state["mean"].numpy(), state["components"].numpy()
         if "adapter.weight" in state:
             adapter = torch.nn.Linear(encoder.dim, encoder.dim)

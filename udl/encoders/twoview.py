@@ -40,48 +40,35 @@ from pathlib import Path
 from typing import Self
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-from sklearn.utils.extmath import randomized_svd
-from threadpoolctl import threadpool_limits
 
 from udl.config import EncoderConfig, PreprocessConfig
+from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_TOKENIZER_FILE, ENCODER_WEIGHTS_FILE
 from udl.encoders.base import (
     DocumentBatch,
     principal_subspace,
     resolve_device,
     seed_everything,
 )
-from udl.encoders.dec import DECResult, refine
-from udl.encoders.estimator import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    feature_positions,
-    read_checkpoint,
-)
+from udl.encoders.dec import DECResult, InitialClusters, refine
+from udl.encoders.estimator import read_checkpoint
 from udl.encoders.modules import DistilledStudent
 from udl.encoders.teacher import DistilledVocabulary, Teacher, missing_teacher
 from udl.encoders.training import TrainingResult, autocast, epoch_budget, train
+from udl.encoders.views import LexicalView, mix_views, single_threaded_blas, unit_rows
 from udl.errors import ConfigError, NotFittedError
 
-__all__ = ["LexicalView", "TokenBatch", "TwoViewEncoder", "mix_views"]
+__all__ = ["TokenBatch", "TwoViewEncoder"]
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILE = "tokenizer.json"
 ANOMALY_COMPONENTS = 16
 # A few thousand documents pin down 16 principal directions.
 ANOMALY_SAMPLE = 5000
 # Documents tokenised and pooled at a time during inference.
 INFERENCE_CHUNK = 4096
-
-
-def single_threaded_blas() -> threadpool_limits:
-    """BLAS on one thread: multithreaded BLAS/LAPACK results depend on the thread count, and
-    a rerun in another process (a resumed run, a Dask worker) must write the same bytes."""
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 @contextmanager
@@ -95,74 +82,6 @@ def single_threaded() -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(threads)
-
-
-def _unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-
-
-def mix_views(
-    semantic: NDArray[np.float32],
-    lexical: NDArray[np.float32],
-    n_terms: NDArray[np.int64],
-    c: float,
-) -> NDArray[np.float32]:
-    """Concatenate unit semantic (n, a) and lexical (n, b) vectors with per-document weights
-    sqrt(c / (n_terms + c)) and sqrt(n_terms / (n_terms + c)); rows keep unit length.
-
-    Example:
-        >>> v = mix_views(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]]), np.array([24]), 24.0)
-        >>> np.round(v, 3).tolist()
-        [[0.707, 0.0, 0.0, 0.707]]
-    """
-    n = n_terms.astype(np.float64)[:, None]
-    semantic_weight = np.sqrt(c / (n + c))
-    lexical_weight = np.sqrt(n / (n + c))
-    return np.hstack([semantic_weight * semantic, lexical_weight * lexical]).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class LexicalView:
-    """LSA of TF-IDF rows.
-
-    Attributes:
-        features: sorted int64 (m,) hashed feature ids the view reads.
-        components: float32 (m, dim), the right singular vectors of the training TF-IDF.
-    """
-
-    features: NDArray[np.int64]
-    components: NDArray[np.float32]
-
-    @classmethod
-    def fit(
-        cls, tfidf: sp.csr_matrix, features: NDArray[np.int64], dim: int, seed: int
-    ) -> LexicalView:
-        """Randomised truncated SVD (Halko et al. 2011) of `tfidf` restricted to `features`;
-        columns beyond the rank the sample supports stay 0."""
-        x = _restrict(tfidf, features)
-        components = np.zeros((len(features), dim), np.float32)
-        rank = min(dim, min(x.shape) - 1)
-        if rank >= 1 and x.nnz:
-            with single_threaded_blas():
-                _, _, vt = randomized_svd(x, rank, random_state=seed)
-            components[:, :rank] = vt.T
-        return cls(np.asarray(features, np.int64), components)
-
-    def transform(self, tfidf: sp.csr_matrix) -> NDArray[np.float32]:
-        """Unit LSA vectors (n, dim); zero for a document without any of the features."""
-        return _unit(np.asarray(_restrict(tfidf, self.features) @ self.components, np.float32))
-
-
-def _restrict(tfidf: sp.csr_matrix, features: NDArray[np.int64]) -> sp.csr_matrix:
-    """`tfidf` (n, n_hashed) as (n, len(features)) over the sorted feature ids `features`."""
-    pos, present = feature_positions(features, tfidf.indices.astype(np.int64))
-    rows = np.repeat(np.arange(tfidf.shape[0]), np.diff(tfidf.indptr))
-    return sp.csr_matrix(
-        (tfidf.data[present], (rows[present], pos[present])),
-        shape=(tfidf.shape[0], len(features)),
-        dtype=np.float32,
-    )
 
 
 @dataclass(frozen=True)
@@ -299,7 +218,7 @@ class TwoViewEncoder:
                 self._vectors(docs)[0], ANOMALY_COMPONENTS
             )
 
-    def refine_clusters(self, docs: DocumentBatch) -> DECResult | None:
+    def refine_clusters(self, docs: DocumentBatch, initial: InitialClusters) -> DECResult | None:
         """DEC/IDEC (`config.dec`) on `docs`, after `fit`: the student moves, the lexical view
         stays; IDEC's reconstruction term is the student's drift from its distilled output
         (1 - cosine), which keeps the semantics the teacher gave it.
@@ -335,6 +254,7 @@ class TwoViewEncoder:
                 self.config.dec,
                 batch_size=self.config.batch_size,
                 seed=self.seed,
+                initial=initial,
             )
         self._fit_anomaly(docs.take(np.arange(min(len(docs), ANOMALY_SAMPLE))))
         return result
@@ -435,7 +355,7 @@ class TwoViewEncoder:
             with autocast(self.device):
                 vectors = self.student(ids.to(self.device), offsets.to(self.device))
             out[rows] = vectors.float().cpu().numpy()
-        return _unit(out)
+        return unit_rows(out)
 
     def _vectors(self, docs: DocumentBatch) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
         """Mixed vectors (n, dim), unscaled by `normalize`, and `has_features` (n,)."""
@@ -463,7 +383,7 @@ class TwoViewEncoder:
             residual = centred - (centred @ self.components_.T) @ self.components_
         scores = np.linalg.norm(residual, axis=1).astype(np.float32)
         if self.config.normalize:
-            vectors = _unit(vectors)
+            vectors = unit_rows(vectors)
         return vectors, scores, featured
 
     def transform(self, docs: DocumentBatch) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
@@ -488,9 +408,9 @@ class TwoViewEncoder:
             "teacher_sample": self.teacher_sample_,
             "seed": self.seed,
         }
-        (folder / CONFIG_FILE).write_text(json.dumps(payload, indent=2))
+        (folder / ENCODER_CONFIG_FILE).write_text(json.dumps(payload, indent=2))
         if self.tokenizer_json is not None:
-            (folder / TOKENIZER_FILE).write_text(self.tokenizer_json)
+            (folder / ENCODER_TOKENIZER_FILE).write_text(self.tokenizer_json)
         state = {
             "lexical_features": torch.from_numpy(self.lexical_features),
             "lexical_view_features": torch.from_numpy(self.lexical.features),
@@ -500,7 +420,7 @@ class TwoViewEncoder:
         }
         if self.student is not None:
             state |= {f"student.{k}": v.cpu() for k, v in self.student.state_dict().items()}
-        torch.save(state, folder / WEIGHTS_FILE)
+        torch.save(state, folder / ENCODER_WEIGHTS_FILE)
 
     @classmethod
     def load(cls, folder: Path, device: str | None = None) -> Self:
@@ -523,7 +443,7 @@ class TwoViewEncoder:
                     }
                 )
                 encoder.student = student.to(encoder.device)
-                encoder.tokenizer_json = (folder / TOKENIZER_FILE).read_text()
+                encoder.tokenizer_json = (folder / ENCODER_TOKENIZER_FILE).read_text()
         except (
             OSError,
             ValueError,

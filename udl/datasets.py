@@ -1,0 +1,269 @@
+"""The one owner of a run's on-disk layout: folder and file names, and how its datasets and
+fitted tables are encoded.
+
+A run lives in ``<output_dir>/runs/<run_id>/``; `RunLayout` names every folder and file in it,
+and the constants below name the files inside the folders a step receives as a plain path
+(``models/``), so that no other module spells a file name of the layout. The features dataset
+(TF-IDF rows as index/value lists), the preprocess step's tables (IDF, vocabulary) and the
+embeddings dataset (`doc_id`, fixed-size-list `embedding`, `anomaly_score`, `has_features`)
+are encoded and decoded here, with the one decoder of vector columns, so that a step reading
+another step's output loads neither torch nor FAISS nor the other step's code.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from udl import schema as S
+from udl.errors import SchemaError
+from udl.storage import dataset_parts
+
+__all__ = [
+    "ALIGNMENT_FILE",
+    "CENTROIDS_FILE",
+    "ENCODER_CONFIG_FILE",
+    "ENCODER_DIR",
+    "ENCODER_TOKENIZER_FILE",
+    "ENCODER_WEIGHTS_FILE",
+    "METRICS_FILE",
+    "REPORT_FILE",
+    "TFIDF_FILE",
+    "VOCABULARY_FILE",
+    "RunLayout",
+    "aligned_parts",
+    "decode_vectors",
+    "embeddings_table",
+    "features_table",
+    "mark_latest",
+    "read_csr",
+    "read_embeddings",
+    "read_has_features",
+    "read_idf",
+    "read_vocabulary",
+]
+
+# models/: the preprocess step's kept features (feature, df, idf) and their words.
+TFIDF_FILE = "tfidf.parquet"
+VOCABULARY_FILE = "vocabulary.parquet"
+# models/encoder/: the encoder checkpoint (config, then tensors loaded with weights_only=True).
+ENCODER_DIR = "encoder"
+ENCODER_CONFIG_FILE = "config.json"
+ENCODER_WEIGHTS_FILE = "weights.pt"
+ENCODER_TOKENIZER_FILE = "tokenizer.json"  # the two-view student's tokenizer
+# models/: the cluster step's centroids (row i = cluster i) and its cross-run id alignment.
+CENTROIDS_FILE = "centroids.npy"
+ALIGNMENT_FILE = "alignment.json"
+# report/
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "index.html"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run: ``<output_dir>/runs/<run_id>/...`` (the output contract)."""
+
+    output_dir: Path
+    run_id: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / "runs" / self.run_id
+
+    @property
+    def corpus(self) -> Path:
+        return self.run_dir / "corpus"
+
+    @property
+    def rejects(self) -> Path:
+        return self.run_dir / "rejects"
+
+    @property
+    def features(self) -> Path:
+        return self.run_dir / "features"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.run_dir / "embeddings"
+
+    @property
+    def assignments(self) -> Path:
+        return self.run_dir / "assignments"
+
+    @property
+    def models(self) -> Path:
+        """Fitted state: TF-IDF vocabulary, encoder checkpoint, centroids."""
+        return self.run_dir / "models"
+
+    @property
+    def encoder(self) -> Path:
+        return self.models / ENCODER_DIR
+
+    @property
+    def centroids(self) -> Path:
+        return self.models / CENTROIDS_FILE
+
+    @property
+    def alignment(self) -> Path:
+        return self.models / ALIGNMENT_FILE
+
+    @property
+    def steps(self) -> Path:
+        """One small JSON record per completed step (rows, timings, chosen values)."""
+        return self.run_dir / "steps"
+
+    def step_record(self, step: str) -> Path:
+        return self.steps / f"{step}.json"
+
+    @property
+    def report(self) -> Path:
+        return self.run_dir / "report"
+
+    @property
+    def metrics(self) -> Path:
+        return self.report / METRICS_FILE
+
+    @property
+    def report_html(self) -> Path:
+        return self.report / REPORT_FILE
+
+    @property
+    def cache(self) -> Path:
+        """Prefect's persisted step results (the cache records), named by step key."""
+        return self.run_dir / "cache"
+
+    @property
+    def manifest(self) -> Path:
+        return self.run_dir / "manifest.json"
+
+    @property
+    def latest(self) -> Path:
+        return self.output_dir / "latest"
+
+
+def mark_latest(layout: RunLayout) -> None:
+    """Point ``<output_dir>/latest`` at this run (a relative symlink, swapped atomically)."""
+    tmp = layout.output_dir / f".latest.tmp-{uuid.uuid4().hex[:12]}"
+    os.symlink(Path("runs") / layout.run_id, tmp, target_is_directory=True)
+    os.replace(tmp, layout.latest)
+
+
+def aligned_parts(*datasets: Path) -> list[tuple[Path, ...]]:
+    """The parts of datasets written part for part from one another (corpus, features,
+    embeddings, assignments), zipped: part i of each holds the same documents in order.
+
+    Part counts and each part's row count (read from the Parquet footers, no data) must agree.
+
+    Raises:
+        SchemaError: naming the first two datasets that disagree and where, e.g. a dataset left
+            by another run or an interrupted copy.
+    """
+    parts = [dataset_parts(d) for d in datasets]
+    first = parts[0]
+    for dataset, other in zip(datasets[1:], parts[1:], strict=True):
+        if len(other) != len(first):
+            raise SchemaError(
+                f"{dataset} has {len(other)} parts but {datasets[0]} has {len(first)}: "
+                "they were not written from one another; rerun the step that wrote the first"
+            )
+        for a, b in zip(first, other, strict=True):
+            rows_a, rows_b = (
+                pq.ParquetFile(a).metadata.num_rows,
+                pq.ParquetFile(b).metadata.num_rows,
+            )
+            if rows_a != rows_b:
+                raise SchemaError(
+                    f"{b} has {rows_b} rows but {a} has {rows_a}: the datasets are not aligned; "
+                    "rerun the step that wrote the first"
+                )
+    return list(zip(*parts, strict=True))
+
+
+def decode_vectors(column: pa.Array | pa.ChunkedArray) -> NDArray[np.float32]:
+    """A fixed-size-list float column without nulls as a float32 array (n, list_size)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    values = array.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(len(array), array.type.list_size).astype(np.float32, copy=False)
+
+
+def embeddings_table(
+    doc_ids: list[str],
+    vectors: NDArray[np.float32],
+    scores: NDArray[np.float32],
+    featured: NDArray[np.bool_] | None = None,
+) -> pa.Table:
+    """One `embeddings/` part: vectors (n, dim) float32, anomaly scores (n,) float32 and
+    `has_features` (n,) bool (None: every document has features)."""
+    dim = vectors.shape[1]
+    if featured is None:
+        featured = np.ones(len(doc_ids), np.bool_)
+    return pa.Table.from_arrays(
+        [
+            pa.array(doc_ids, pa.string()),
+            pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+            pa.array(scores, pa.float32()),
+            pa.array(featured, pa.bool_()),
+        ],
+        schema=S.embeddings_schema(dim),
+    )
+
+
+def read_embeddings(path: Path) -> tuple[list[str], NDArray[np.float32], NDArray[np.float32]]:
+    """Doc ids, embeddings (n, dim) and anomaly scores of one embeddings part or dataset."""
+    table = pq.read_table(path, columns=[S.DOC_ID, S.EMBEDDING, S.ANOMALY])
+    vectors = decode_vectors(table.column(S.EMBEDDING))
+    return table.column(S.DOC_ID).to_pylist(), vectors, table.column(S.ANOMALY).to_numpy()
+
+
+def read_has_features(path: Path) -> NDArray[np.bool_]:
+    """`has_features` (n,) of one embeddings part; all True for parts written before it existed."""
+    schema = pq.read_schema(path)
+    if S.HAS_FEATURES not in schema.names:
+        return np.ones(pq.ParquetFile(path).metadata.num_rows, np.bool_)
+    column = pq.read_table(path, columns=[S.HAS_FEATURES]).column(S.HAS_FEATURES)
+    return column.to_numpy(zero_copy_only=False).astype(np.bool_)
+
+
+def features_table(doc_ids: pa.Array, matrix: sp.csr_matrix) -> pa.Table:
+    """One `features/` part: each document's TF-IDF row as parallel index and value lists."""
+    offsets = pa.array(matrix.indptr.astype(np.int32))
+    indices = pa.ListArray.from_arrays(offsets, pa.array(matrix.indices.astype(np.int32)))
+    values = pa.ListArray.from_arrays(offsets, pa.array(matrix.data.astype(np.float32)))
+    return pa.Table.from_arrays([doc_ids, indices, values], schema=S.FEATURES_SCHEMA)
+
+
+def read_csr(table: pa.Table, n_features: int) -> sp.csr_matrix:
+    """Rebuild the float32 CSR matrix (n_docs, n_features) of a features table."""
+    indices = table.column(S.INDICES).combine_chunks()
+    values = table.column(S.VALUES).combine_chunks()
+    indptr = indices.offsets.to_numpy().astype(np.int64)
+    indptr -= indptr[0]
+    return sp.csr_matrix(
+        (values.flatten().to_numpy(), indices.flatten().to_numpy(), indptr),
+        shape=(table.num_rows, n_features),
+        dtype=np.float32,
+    )
+
+
+def read_idf(models_dir: Path, n_features: int) -> NDArray[np.float32]:
+    """Dense IDF vector (n_features,); pruned features have weight 0."""
+    table = pq.read_table(models_dir / TFIDF_FILE)
+    idf = np.zeros(n_features, np.float32)
+    idf[table.column("feature").to_numpy()] = table.column("idf").to_numpy()
+    return idf
+
+
+def read_vocabulary(models_dir: Path) -> dict[int, str]:
+    """Hashed feature id → its most frequent token, for naming keywords."""
+    table = pq.read_table(models_dir / VOCABULARY_FILE)
+    return dict(
+        zip(table.column("feature").to_pylist(), table.column("token").to_pylist(), strict=True)
+    )
