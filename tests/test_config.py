@@ -131,3 +131,13 @@ def test_inherited_sections_are_validated_with_the_rest_22(tmp_path: Path) -> No
     )
     assert inherited.input == source.input
     assert inherited.runtime.output_dir == str(tmp_path / "out")
+
+
+def test_the_embed_step_sees_k_only_through_dec() -> None:
+    """k reaches the embed step's config (and so its key) only as DEC's cluster count: without
+    DEC, another k reuses the embeddings."""
+    base = PipelineConfig()
+    assert base.with_overrides({"cluster.k": 50}).run_encoder == base.run_encoder
+    dec = base.with_overrides({"encoder.dec.method": "dec", "cluster.k": 50})
+    assert dec.run_encoder.dec.n_clusters == 50
+    assert dec.with_overrides({"cluster.k": 8}).run_encoder.dec.n_clusters == 8

@@ -498,10 +498,11 @@ class PipelineConfig(_Frozen):
 
     @property
     def run_encoder(self) -> EncoderConfig:
-        """`encoder` as the embed step runs it: DEC's empty `n_clusters` becomes `cluster.k`
-        (10 when k is auto). Step keys hash this, so changing k re-runs a DEC embed step."""
+        """`encoder` as the embed step runs it: with DEC on, its empty `n_clusters` becomes
+        `cluster.k` (10 when k is auto). Step keys hash this, so changing k re-runs a DEC embed
+        step, and only a DEC embed step."""
         dec = self.encoder.dec
-        if dec.n_clusters is not None:
+        if dec.method == "none" or dec.n_clusters is not None:
             return self.encoder
         k = self.cluster.k if isinstance(self.cluster.k, int) else 10
         return self.encoder.model_copy(update={"dec": dec.model_copy(update={"n_clusters": k})})
