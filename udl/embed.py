@@ -46,6 +46,7 @@ from udl.encoders.base import DocumentBatch, Encoder
 from udl.encoders.estimator import TorchEncoder
 from udl.encoders.training import TrainingResult
 from udl.encoders.twoview import TwoViewEncoder
+from udl.encoders.views import unit_rows
 from udl.errors import ConfigError
 from udl.storage import atomic_dir, dataset_parts, sample_rows, write_part
 
@@ -247,12 +248,6 @@ def _read_supplied(part: Path) -> tuple[list[str], NDArray[np.float32]]:
     return table.column(S.DOC_ID).to_pylist(), decode_vectors(table.column(S.EMBEDDING))
 
 
-def _unit(vectors: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Rows scaled to unit L2 norm (a zero row stays zero)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-
-
 def copy_embeddings(corpus_dir: Path, embeddings_dir: Path, normalize: bool) -> EmbedResult:
     """Write the corpus's supplied vectors as `embeddings/`: no encoder is trained.
 
@@ -282,14 +277,14 @@ def copy_embeddings(corpus_dir: Path, embeddings_dir: Path, normalize: bool) -> 
     dim = pq.read_schema(parts[0]).field(S.EMBEDDING).type.list_size
     total = np.zeros(dim, np.float64)
     for part in parts:
-        total += _unit(_read_supplied(part)[1]).sum(axis=0, dtype=np.float64)
+        total += unit_rows(_read_supplied(part)[1]).sum(axis=0, dtype=np.float64)
     direction = (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32)
     summed = time.perf_counter()
     n_docs = 0
     with atomic_dir(embeddings_dir) as out:
         for index, part in enumerate(parts):
             doc_ids, vectors = _read_supplied(part)
-            unit = _unit(vectors)
+            unit = unit_rows(vectors)
             scores = np.clip(1.0 - unit @ direction, 0.0, 2.0).astype(np.float32)
             write_part(
                 embeddings_table(doc_ids, unit if normalize else vectors, scores), out, index
