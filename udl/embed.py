@@ -48,7 +48,14 @@ from udl.encoders.training import TrainingResult
 from udl.encoders.twoview import TwoViewEncoder
 from udl.encoders.views import unit_rows
 from udl.errors import ConfigError
-from udl.storage import atomic_dir, dataset_parts, sample_rows, write_part
+from udl.storage import (
+    BackgroundWriter,
+    atomic_dir,
+    dataset_parts,
+    read_ahead,
+    sample_rows,
+    write_part,
+)
 
 __all__ = [
     "EmbedResult",
@@ -211,19 +218,20 @@ def write_embeddings(
     """
     n_docs = n_empty = 0
     reads_tfidf = isinstance(encoder, TorchEncoder)
-    with atomic_dir(embeddings_dir) as out:
+    with atomic_dir(embeddings_dir) as out, BackgroundWriter() as writer:
+        # Reading part k + 1 and writing part k - 1 overlap embedding part k.
         parts = aligned_parts(corpus_dir, features_dir)
-        for index, (corpus_part, features_part) in enumerate(
-            tqdm(parts, desc="embed", unit="part", disable=None)
+        documents = read_ahead(lambda part: read_documents(*part, n_features), parts)
+        for index, (doc_ids, docs) in enumerate(
+            tqdm(documents, total=len(parts), desc="embed", unit="part", disable=None)
         ):
-            doc_ids, docs = read_documents(corpus_part, features_part, n_features)
             if isinstance(encoder, TwoViewEncoder):
                 vectors, scores, featured = encoder.encode(docs)
             else:
                 vectors, scores = encoder.transform(docs)
                 featured = has_features(docs) if reads_tfidf else None
             vectors = vectors.reshape(len(doc_ids), encoder.dim)
-            write_part(embeddings_table(doc_ids, vectors, scores, featured), out, index)
+            writer.write(embeddings_table(doc_ids, vectors, scores, featured), out, index)
             n_docs += len(doc_ids)
             n_empty += 0 if featured is None else int(np.sum(~featured))
     return n_docs, n_empty

@@ -11,11 +11,11 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -25,15 +25,20 @@ from numpy.typing import NDArray
 from udl import schema as S
 
 __all__ = [
+    "BackgroundWriter",
     "PartWriter",
     "atomic_dir",
     "dataset_parts",
+    "read_ahead",
     "read_json",
     "sample_rows",
     "write_json_atomic",
     "write_part",
     "write_table_atomic",
 ]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
@@ -122,14 +127,58 @@ def write_table_atomic(table: pa.Table, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class BackgroundWriter:
+    """`write_part` on one background thread: Parquet encoding and zstd release the GIL, so
+    writing part k overlaps computing part k + 1. Each `write` first waits for the previous
+    one (surfacing its error), so at most one part waits in memory. Leaving the `with` block
+    normally waits for the last write."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="udl-part-writer")
+        self._writing: Future[Path] | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def write(self, table: pa.Table, folder: Path, index: int) -> None:
+        self.wait()
+        self._writing = self._pool.submit(write_part, table, folder, index)
+
+    def wait(self) -> None:
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()
+
+
+def read_ahead(read: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+    """`read(item)` of each item in order, the next item read on a background thread while
+    the caller works on the current one (at most one result waits in memory)."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="udl-part-reader") as pool:
+        pending = pool.submit(read, items[0])
+        for following in items[1:]:
+            result = pending.result()
+            pending = pool.submit(read, following)
+            yield result
+        yield pending.result()
+
+
 class PartWriter:
     """Accumulates tables and writes a part each `rows_per_part` rows or PART_MAX_BYTES.
 
     Cut points depend only on the data, so a rerun writes the same parts. At least one part
-    is written, so an empty dataset still has its schema on disk. Parts are encoded on one
-    background thread: Parquet encoding and zstd release the GIL, so writing part k overlaps
-    reading and validating the rows of part k + 1; at most two parts are in memory at once.
-    Use as a context manager; `close` writes the rest and waits for every write.
+    is written, so an empty dataset still has its schema on disk. Parts are written by a
+    `BackgroundWriter`, so writing part k overlaps reading and validating the rows of part
+    k + 1; at most two parts are in memory at once. Use as a context manager; `close` writes
+    the rest and waits for every write.
     """
 
     def __init__(self, folder: Path, schema: pa.Schema, rows_per_part: int) -> None:
@@ -137,14 +186,13 @@ class PartWriter:
         self.pending: list[pa.Table] = []
         self.pending_rows = self.pending_bytes = 0
         self.parts = 0
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="udl-part-writer")
-        self._writing: Future[Path] | None = None
+        self._writer = BackgroundWriter()
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True)
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._writer.__exit__(exc_type, *exc)
 
     def add(self, table: pa.Table) -> None:
         """Queue `table` (of the writer's schema) and write every part it completes."""
@@ -166,20 +214,12 @@ class PartWriter:
         if self.pending_rows or self.parts == 0:
             self._write(pa.concat_tables([self.schema.empty_table(), *self.pending]))
         self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
-        self._wait()
+        self._writer.wait()
         return self.parts
 
     def _write(self, table: pa.Table) -> None:
-        self._wait()  # surfaces a failed write, and bounds memory to the part being written
-        self._writing = self._pool.submit(
-            write_part, table.combine_chunks(), self.folder, self.parts
-        )
+        self._writer.write(table.combine_chunks(), self.folder, self.parts)
         self.parts += 1
-
-    def _wait(self) -> None:
-        if self._writing is not None:
-            self._writing.result()
-            self._writing = None
 
 
 def dataset_parts(folder: Path) -> list[Path]:

@@ -20,7 +20,9 @@ __all__ = [
     "Encoder",
     "principal_subspace",
     "resolve_device",
+    "row_norms",
     "seed_everything",
+    "subspace_distance",
     "to_device",
 ]
 
@@ -40,8 +42,9 @@ class DocumentBatch:
     def __len__(self) -> int:
         return self.tfidf.shape[0]
 
-    def take(self, rows: NDArray[np.int64]) -> DocumentBatch:
-        return DocumentBatch(self.tfidf[rows], [self.texts[i] for i in rows])
+    def take(self, rows: NDArray[np.int64] | slice) -> DocumentBatch:
+        texts = self.texts[rows] if isinstance(rows, slice) else [self.texts[i] for i in rows]
+        return DocumentBatch(self.tfidf[rows], texts)
 
 
 class Encoder(Protocol):
@@ -78,6 +81,21 @@ def principal_subspace(
     n = min(n_components, x.shape[1], max(len(x) - 1, 1))
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
     return mean.astype(np.float32), vt[:n].astype(np.float32)
+
+
+def row_norms(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    """L2 norm of each row of `x` (n, d), without the (n, d) temporary of `np.linalg.norm`."""
+    return np.sqrt(np.einsum("ij,ij->i", x, x))
+
+
+def subspace_distance(
+    x: NDArray[np.float32], mean: NDArray[np.float32], components: NDArray[np.float32]
+) -> NDArray[np.float32]:
+    """Distance (n,) float32 of each row of `x` from the affine subspace `mean` + span of the
+    orthonormal rows of `components`: the anomaly score."""
+    centred = x - mean
+    centred -= (centred @ components.T) @ components
+    return row_norms(centred).astype(np.float32, copy=False)
 
 
 def resolve_device(device: str) -> torch.device:

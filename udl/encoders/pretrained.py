@@ -29,10 +29,16 @@ from numpy.typing import NDArray
 
 from udl.config import EncoderConfig
 from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE
-from udl.encoders.base import DocumentBatch, principal_subspace, resolve_device
+from udl.encoders.base import (
+    DocumentBatch,
+    principal_subspace,
+    resolve_device,
+    subspace_distance,
+)
 from udl.encoders.dec import DECResult, InitialClusters, refine
 from udl.encoders.teacher import load_sentence_model, resolve_model_path
 from udl.encoders.training import autocast
+from udl.encoders.views import unit_rows
 from udl.errors import NotFittedError
 
 __all__ = ["PretrainedEncoder"]
@@ -137,12 +143,10 @@ class PretrainedEncoder:
         if self.mean_ is None or self.components_ is None:
             raise NotFittedError("PretrainedEncoder.transform called before fit")
         x = self._adapt(self._embed(docs.texts))
-        centred = x - self.mean_
-        residual = centred - (centred @ self.components_.T) @ self.components_
-        scores = np.linalg.norm(residual, axis=1).astype(np.float32)
+        scores = subspace_distance(x, self.mean_, self.components_)
         if self.config.normalize:
-            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        return x.astype(np.float32), scores
+            x = unit_rows(x)
+        return x.astype(np.float32, copy=False), scores
 
     def save(self, folder: Path) -> None:
         """Write `config.json` (config and model folder) and `weights.pt` (the PCA only)."""

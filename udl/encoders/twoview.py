@@ -51,6 +51,7 @@ from udl.encoders.base import (
     principal_subspace,
     resolve_device,
     seed_everything,
+    subspace_distance,
 )
 from udl.encoders.dec import DECResult, InitialClusters, refine
 from udl.encoders.estimator import read_checkpoint
@@ -67,7 +68,8 @@ log = logging.getLogger(__name__)
 ANOMALY_COMPONENTS = 16
 # A few thousand documents pin down 16 principal directions.
 ANOMALY_SAMPLE = 5000
-# Documents tokenised and pooled at a time during inference.
+# Documents encoded at a time during inference; chunks start at a part's first row, so a
+# document's vector does not depend on how many parts there are before its own.
 INFERENCE_CHUNK = 4096
 
 
@@ -348,13 +350,13 @@ class TwoViewEncoder:
         assert self.student is not None
         self.student.eval()
         n = len(tokens.offsets) - 1
-        out = np.zeros((n, self.student.dim), np.float32)
+        out = np.empty((n, self.student.dim), np.float32)
         for start in range(0, n, INFERENCE_CHUNK):
-            rows = np.arange(start, min(start + INFERENCE_CHUNK, n))
-            ids, offsets = tokens.take(rows)
+            stop = min(start + INFERENCE_CHUNK, n)
+            ids, offsets = tokens.take(np.arange(start, stop))
             with autocast(self.device):
                 vectors = self.student(ids.to(self.device), offsets.to(self.device))
-            out[rows] = vectors.float().cpu().numpy()
+            out[start:stop] = vectors.float().cpu().numpy()
         return unit_rows(out)
 
     def _vectors(self, docs: DocumentBatch) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
@@ -376,14 +378,22 @@ class TwoViewEncoder:
     ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
         """Embeddings (n, dim) float32, anomaly scores (n,) float32, and whether each document
         has a TF-IDF feature or a token the student knows (n,) bool."""
+        if not self._fitted:
+            raise NotFittedError("TwoViewEncoder used before fit")
+        assert self.mean_ is not None and self.components_ is not None
+        n = len(docs)
+        vectors = np.empty((n, self.dim), np.float32)
+        scores = np.empty(n, np.float32)
+        featured = np.empty(n, np.bool_)
+        # Chunk by chunk: a chunk's temporaries are reused from the allocator, where those of a
+        # whole part are fresh pages every time, which cost more than the arithmetic (and
+        # stall for seconds when the kernel compacts memory for huge pages).
         with single_threaded():
-            vectors, featured = self._vectors(docs)
-            assert self.mean_ is not None and self.components_ is not None
-            centred = vectors - self.mean_
-            residual = centred - (centred @ self.components_.T) @ self.components_
-        scores = np.linalg.norm(residual, axis=1).astype(np.float32)
-        if self.config.normalize:
-            vectors = unit_rows(vectors)
+            for start in range(0, n, INFERENCE_CHUNK):
+                rows = slice(start, min(start + INFERENCE_CHUNK, n))
+                chunk, featured[rows] = self._vectors(docs.take(rows))
+                scores[rows] = subspace_distance(chunk, self.mean_, self.components_)
+                vectors[rows] = unit_rows(chunk) if self.config.normalize else chunk
         return vectors, scores, featured
 
     def transform(self, docs: DocumentBatch) -> tuple[NDArray[np.float32], NDArray[np.float32]]:

@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 from sklearn.utils.extmath import randomized_svd
 from threadpoolctl import threadpool_limits
 
+from udl.encoders.base import row_norms
 from udl.encoders.estimator import feature_positions
 
 __all__ = ["LexicalView", "mix_views", "single_threaded_blas", "unit_rows"]
@@ -23,8 +24,9 @@ def single_threaded_blas() -> threadpool_limits:
 
 
 def unit_rows(x: NDArray[np.float32]) -> NDArray[np.float32]:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    """`x` (n, d) as float32 rows of unit length; a zero row stays zero."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(row_norms(x), 1e-12)[:, None]
 
 
 def mix_views(
@@ -42,9 +44,14 @@ def mix_views(
         [[0.707, 0.0, 0.0, 0.707]]
     """
     n = n_terms.astype(np.float64)[:, None]
-    semantic_weight = np.sqrt(c / (n + c))
-    lexical_weight = np.sqrt(n / (n + c))
-    return np.hstack([semantic_weight * semantic, lexical_weight * lexical]).astype(np.float32)
+    semantic_weight = np.sqrt(c / (n + c)).astype(np.float32)
+    lexical_weight = np.sqrt(n / (n + c)).astype(np.float32)
+    # Written in place in float32: the weights broadcast to float64 (n, a + b) arrays and a
+    # stack of them cost more than the student's forward pass.
+    out = np.empty((len(n), semantic.shape[1] + lexical.shape[1]), np.float32)
+    np.multiply(semantic, semantic_weight, out=out[:, : semantic.shape[1]])
+    np.multiply(lexical, lexical_weight, out=out[:, semantic.shape[1] :])
+    return out
 
 
 @dataclass(frozen=True)
