@@ -118,8 +118,8 @@ def test_student_keeps_the_teachers_neighbours_better_than_tfidf(
     docs, _ = _documents(run)
     held_out = docs.take(HELD_OUT)
     teacher = Teacher(None, resolve_device("cpu"), 64).embed(held_out.texts)
-    assert fitted.student is not None
-    student = fitted._semantic(fitted.tokenize(held_out.texts))
+    assert fitted.semantic is not None
+    student = fitted.semantic.embed(fitted.semantic.tokenize(held_out.texts))
     tfidf = held_out.tfidf.toarray()
 
     def neighbours(x: np.ndarray) -> np.ndarray:
@@ -193,11 +193,12 @@ def test_long_document_is_read_past_the_teachers_window(fitted: TwoViewEncoder) 
         "the cook baked bread with flour and butter in a hot oven for dinner",
     ]
     texts = [f"{filler} {' '.join([topic] * 3)}" for topic in topics]
-    assert len(fitted.tokenize([filler]).ids) > teacher.max_tokens
+    assert fitted.semantic is not None
+    assert len(fitted.semantic.tokenize([filler]).ids) > teacher.max_tokens
     seen_by_teacher = teacher.embed(texts)
     assert np.allclose(seen_by_teacher[0], seen_by_teacher[1], atol=1e-5)
-    semantic = fitted._semantic(fitted.tokenize(texts))
-    reference = fitted._semantic(fitted.tokenize(topics))
+    semantic = fitted.semantic.embed(fitted.semantic.tokenize(texts))
+    reference = fitted.semantic.embed(fitted.semantic.tokenize(topics))
     similarity = semantic @ reference.T
     assert similarity[0, 0] > similarity[1, 0] + 0.02
     assert similarity[1, 1] > similarity[0, 1] + 0.02
@@ -242,7 +243,7 @@ def test_no_teacher_falls_back_to_the_lexical_view(
         encoder = _fit(run, config)
     lines = [r.getMessage() for r in caplog.records if r.name == "udl.encoders.twoview"]
     assert len(lines) == 1 and "no teacher" in lines[0] and "lexical view only" in lines[0]
-    assert encoder.student is None and encoder.dim == 32
+    assert encoder.semantic is None and encoder.dim == 32
     docs, _ = _documents(run)
     assert encoder.transform(docs)[0].shape == (1000, 32)
 

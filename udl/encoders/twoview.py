@@ -5,11 +5,11 @@ technical text, where identifiers carry the meaning and its window cuts most of 
 TF-IDF is the reverse. Every document gets both views, weighted by how much lexical evidence it
 has:
 
-- **Semantic view**: a student (`DistilledStudent`: the teacher's token vocabulary distilled
-  by Model2Vec, attention pooling by token salience, a linear head) fitted (early-stopped) to
-  the teacher's embeddings of `two_view.teacher_sample` documents. It reads the whole text at
-  bag-of-tokens cost, so inference is a small fraction of the teacher's and long documents are
-  read past the teacher's window.
+- **Semantic view** (`udl.encoders.semantic`): a student (`DistilledStudent`: the teacher's
+  token vocabulary distilled by Model2Vec, attention pooling by token salience, a linear head)
+  fitted (early-stopped) to the teacher's embeddings of `two_view.teacher_sample` documents.
+  It reads the whole text at bag-of-tokens cost, so inference is a small fraction of the
+  teacher's and long documents are read past the teacher's window.
 - **Lexical view**: LSA of the document's TF-IDF (randomised truncated SVD of the training
   sample over the `lexical_features` most frequent features).
 - **Mix**: both views L2-normalised and concatenated with per-document weights
@@ -33,9 +33,7 @@ import json
 import logging
 import pickle
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
 
@@ -56,12 +54,13 @@ from udl.encoders.base import (
 from udl.encoders.dec import DECResult, InitialClusters, refine
 from udl.encoders.estimator import read_checkpoint
 from udl.encoders.modules import DistilledStudent
-from udl.encoders.teacher import DistilledVocabulary, Teacher, missing_teacher
-from udl.encoders.training import TrainingResult, autocast, epoch_budget, train
-from udl.encoders.views import LexicalView, mix_views, single_threaded_blas, unit_rows
+from udl.encoders.semantic import SemanticView, WholeTextTokenizer, single_threaded
+from udl.encoders.teacher import Teacher, missing_teacher
+from udl.encoders.training import TrainingResult
+from udl.encoders.views import LexicalView, mix_views, unit_rows
 from udl.errors import ConfigError, NotFittedError
 
-__all__ = ["TokenBatch", "TwoViewEncoder"]
+__all__ = ["TwoViewEncoder"]
 
 log = logging.getLogger(__name__)
 
@@ -73,45 +72,12 @@ ANOMALY_SAMPLE = 5000
 INFERENCE_CHUNK = 4096
 
 
-@contextmanager
-def single_threaded() -> Iterator[None]:
-    """Torch and BLAS on one thread, for the same reason as `single_threaded_blas`: the
-    student's kernels summed in another order when the run resumed in a fresh process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with single_threaded_blas():
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@dataclass(frozen=True)
-class TokenBatch:
-    """Known token ids of many documents, CSR-style (document i is ids[offsets[i]:offsets[i+1]])."""
-
-    ids: NDArray[np.int64]
-    offsets: NDArray[np.int64]
-
-    def take(self, rows: NDArray[np.int64]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat ids and offsets (len(rows) + 1,) of `rows`, as torch tensors."""
-        starts, ends = self.offsets[rows], self.offsets[rows + 1]
-        lengths = ends - starts
-        ids = (
-            np.concatenate([self.ids[s:e] for s, e in zip(starts, ends, strict=True)])
-            if lengths.sum()
-            else np.zeros(0, np.int64)
-        )
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        return torch.from_numpy(ids), torch.from_numpy(offsets)
-
-
 class TwoViewEncoder:
     """Encoder protocol (fit, transform, save/load) of the two-view encoder.
 
     Attributes:
         dim: output width (teacher width + lexical_dim; lexical_dim alone without teacher).
-        student: the fitted `DistilledStudent`, None without a teacher.
+        semantic: the fitted `SemanticView` (the student), None without a teacher.
         lexical: the fitted `LexicalView` (None before fit).
         teacher_: name of the teacher model; None without one.
         teacher_seconds_: seconds the teacher spent (loading, vocabulary, sample).
@@ -142,9 +108,7 @@ class TwoViewEncoder:
         self.lexical_features = np.asarray(lexical_features, np.int64)
         self.device = resolve_device(config.device)
         self.dim = config.two_view.lexical_dim
-        self.student: DistilledStudent | None = None
-        self.tokenizer_json: str | None = None
-        self._tokenizer = None
+        self.semantic: SemanticView | None = None
         self.lexical: LexicalView | None = None
         self.mean_: NDArray[np.float32] | None = None
         self.components_: NDArray[np.float32] | None = None
@@ -158,7 +122,11 @@ class TwoViewEncoder:
     def n_parameters(self) -> int:
         """Student parameters plus the lexical components."""
         lexical = 0 if self.lexical is None else self.lexical.components.size
-        student = 0 if self.student is None else sum(p.numel() for p in self.student.parameters())
+        student = (
+            0
+            if self.semantic is None
+            else sum(p.numel() for p in self.semantic.student.parameters())
+        )
         return lexical + student
 
     def continue_with(self, config: EncoderConfig, preprocess: PreprocessConfig, seed: int) -> Self:
@@ -177,8 +145,8 @@ class TwoViewEncoder:
                 "encoder.warm_start to empty to fit from scratch"
             )
         self.device = resolve_device(config.device)
-        if self.student is not None:
-            self.student.to(self.device)
+        if self.semantic is not None:
+            self.semantic.student.to(self.device)
         return self
 
     # --- fitting -------------------------------------------------------------------------
@@ -207,7 +175,7 @@ class TwoViewEncoder:
         else:
             self._fit_student(train_docs, valid_docs)
         self.dim = self.lexical.components.shape[1] + (
-            self.student.dim if self.student is not None else 0
+            self.semantic.dim if self.semantic is not None else 0
         )
         self._fitted = True
         self._fit_anomaly(train_docs.take(np.arange(min(len(train_docs), ANOMALY_SAMPLE))))
@@ -227,18 +195,19 @@ class TwoViewEncoder:
 
         Returns None, with a warning, without a student: the lexical view has nothing to train.
         """
-        if self.student is None or self.lexical is None:
+        if self.semantic is None or self.lexical is None:
             log.warning("two_view: no student (no teacher), so DEC has nothing to refine; skipped")
             return None
-        student, device = self.student, self.device
-        tokens = self.tokenize(docs.texts)
+        semantic_view, device = self.semantic, self.device
+        student = semantic_view.student
+        tokens = semantic_view.tokenize(docs.texts)
         lexical = torch.from_numpy(self.lexical.transform(docs.tfidf)).to(device)
         n = np.diff(docs.tfidf.indptr).astype(np.float64)[:, None]
         c = self.config.two_view.semantic_terms
         semantic_weight = torch.from_numpy(np.sqrt(c / (n + c))).float().to(device)
         lexical_weight = torch.from_numpy(np.sqrt(n / (n + c))).float().to(device)
         with single_threaded():
-            distilled = torch.from_numpy(self._semantic(tokens)).to(device)
+            distilled = torch.from_numpy(semantic_view.embed(tokens)).to(device)
 
         def codes(rows: NDArray[np.int64]) -> tuple[torch.Tensor, torch.Tensor]:
             ids, offsets = tokens.take(rows)
@@ -266,7 +235,6 @@ class TwoViewEncoder:
         started = time.perf_counter()
         teacher = Teacher(self.config.pretrained.model_path, self.device, self.config.batch_size)
         vocabulary = teacher.distill_vocabulary()
-        self.tokenizer_json = vocabulary.tokenizer_json
         n_train = min(cfg.teacher_sample, len(train_docs))
         n_valid = min(max(1, cfg.teacher_sample // 10), len(valid_docs))
         train_texts, valid_texts = train_docs.texts[:n_train], valid_docs.texts[:n_valid]
@@ -282,82 +250,16 @@ class TwoViewEncoder:
         )
         del teacher
         self.teacher_seconds_ = time.perf_counter() - started
-        with single_threaded():
-            self._train_student(vocabulary, train_texts, valid_texts, targets, valid_targets)
-
-    def _train_student(
-        self,
-        vocabulary: DistilledVocabulary,
-        train_texts: list[str],
-        valid_texts: list[str],
-        targets: torch.Tensor,
-        valid_targets: torch.Tensor,
-    ) -> None:
-        tokens, valid_tokens = self.tokenize(train_texts), self.tokenize(valid_texts)
-        n_train, n_valid = len(train_texts), len(valid_texts)
-        generator = seed_everything(self.seed)
-        vectors = torch.from_numpy(vocabulary.vectors)
-        student = DistilledStudent(len(vectors), vectors.shape[1], targets.shape[1])
-        with torch.no_grad():
-            student.tokens.weight.copy_(vectors)
-            student.head.weight.copy_(_least_squares_head(student, tokens, targets))
-        student.head.bias.data.zero_()
-        student.to(self.device)
-        self.student = student
-
-        def loss(batch: TokenBatch, target: torch.Tensor, rows: NDArray[np.int64]) -> torch.Tensor:
-            ids, offsets = batch.take(rows)
-            output = student(ids.to(self.device), offsets.to(self.device))
-            return 1.0 - F.cosine_similarity(output.float(), target[rows].to(self.device), dim=1)
-
-        self.training_ = train(
-            student,
-            lambda rows: loss(tokens, targets, rows),
-            lambda rows: loss(valid_tokens, valid_targets, rows),
-            n_train,
-            n_valid,
-            epochs=epoch_budget(self.config.epochs, n_train, self.config.max_doc_epochs),
-            batch_size=self.config.two_view.batch_size,
-            learning_rate=self.config.two_view.learning_rate,
-            patience=self.config.patience,
-            generator=generator,
-            device=self.device,
-            desc="two_view student",
+        self.semantic, self.training_ = SemanticView.fit(
+            vocabulary,
+            (train_texts, valid_texts),
+            (targets, valid_targets),
+            self.config,
+            self.seed,
+            self.device,
         )
 
     # --- inference -----------------------------------------------------------------------
-
-    def tokenize(self, texts: list[str]) -> TokenBatch:
-        """Known token ids of every text, whole (no truncation); unknown pieces are dropped."""
-        if self._tokenizer is None:
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_str(self.tokenizer_json)
-            tokenizer.no_truncation()
-            tokenizer.no_padding()
-            self._tokenizer = tokenizer
-        unknown = self._tokenizer.token_to_id("[UNK]")
-        encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        ids = [np.asarray(e.ids, np.int64) for e in encodings]
-        if unknown is not None:
-            ids = [i[i != unknown] for i in ids]
-        lengths = np.array([len(i) for i in ids], np.int64)
-        flat = np.concatenate(ids) if lengths.sum() else np.zeros(0, np.int64)
-        return TokenBatch(flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-
-    @torch.no_grad()
-    def _semantic(self, tokens: TokenBatch) -> NDArray[np.float32]:
-        assert self.student is not None
-        self.student.eval()
-        n = len(tokens.offsets) - 1
-        out = np.empty((n, self.student.dim), np.float32)
-        for start in range(0, n, INFERENCE_CHUNK):
-            stop = min(start + INFERENCE_CHUNK, n)
-            ids, offsets = tokens.take(np.arange(start, stop))
-            with autocast(self.device):
-                vectors = self.student(ids.to(self.device), offsets.to(self.device))
-            out[start:stop] = vectors.float().cpu().numpy()
-        return unit_rows(out)
 
     def _vectors(self, docs: DocumentBatch) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
         """Mixed vectors (n, dim), unscaled by `normalize`, and `has_features` (n,)."""
@@ -365,11 +267,11 @@ class TwoViewEncoder:
             raise NotFittedError("TwoViewEncoder used before fit")
         lexical = self.lexical.transform(docs.tfidf)
         n_terms = np.diff(docs.tfidf.indptr)
-        if self.student is None:
+        if self.semantic is None:
             return lexical, n_terms > 0
-        tokens = self.tokenize(docs.texts)
+        tokens = self.semantic.tokenize(docs.texts)
         vectors = mix_views(
-            self._semantic(tokens), lexical, n_terms, self.config.two_view.semantic_terms
+            self.semantic.embed(tokens), lexical, n_terms, self.config.two_view.semantic_terms
         )
         return vectors, (n_terms > 0) | (np.diff(tokens.offsets) > 0)
 
@@ -385,15 +287,22 @@ class TwoViewEncoder:
         vectors = np.empty((n, self.dim), np.float32)
         scores = np.empty(n, np.float32)
         featured = np.empty(n, np.bool_)
+        mean, components = self.mean_, self.components_
+
+        def encode_chunk(start: int) -> None:
+            rows = slice(start, min(start + INFERENCE_CHUNK, n))
+            chunk, featured[rows] = self._vectors(docs.take(rows))
+            scores[rows] = subspace_distance(chunk, mean, components)
+            vectors[rows] = unit_rows(chunk) if self.config.normalize else chunk
+
         # Chunk by chunk: a chunk's temporaries are reused from the allocator, where those of a
         # whole part are fresh pages every time, which cost more than the arithmetic (and
-        # stall for seconds when the kernel compacts memory for huge pages).
-        with single_threaded():
-            for start in range(0, n, INFERENCE_CHUNK):
-                rows = slice(start, min(start + INFERENCE_CHUNK, n))
-                chunk, featured[rows] = self._vectors(docs.take(rows))
-                scores[rows] = subspace_distance(chunk, self.mean_, self.components_)
-                vectors[rows] = unit_rows(chunk) if self.config.normalize else chunk
+        # stall for seconds when the kernel compacts memory for huge pages). Each chunk runs
+        # on one thread, so its bytes do not depend on the thread count; chunks run on as
+        # many threads as torch would use (one on a GPU, which parallelises on its own).
+        workers = 1 if self.device.type == "cuda" else torch.get_num_threads()
+        with single_threaded(), ThreadPoolExecutor(workers, "udl-two-view") as pool:
+            list(pool.map(encode_chunk, range(0, n, INFERENCE_CHUNK)))
         return vectors, scores, featured
 
     def transform(self, docs: DocumentBatch) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
@@ -413,14 +322,14 @@ class TwoViewEncoder:
             "kind": self.kind,
             "encoder": self.config.model_dump(),
             "preprocess": self.preprocess.model_dump(),
-            "student": None if self.student is None else self.student.get_config_dict(),
+            "student": None if self.semantic is None else self.semantic.student.get_config_dict(),
             "teacher": self.teacher_,
             "teacher_sample": self.teacher_sample_,
             "seed": self.seed,
         }
         (folder / ENCODER_CONFIG_FILE).write_text(json.dumps(payload, indent=2))
-        if self.tokenizer_json is not None:
-            (folder / ENCODER_TOKENIZER_FILE).write_text(self.tokenizer_json)
+        if self.semantic is not None:
+            (folder / ENCODER_TOKENIZER_FILE).write_text(self.semantic.tokenize.tokenizer_json)
         state = {
             "lexical_features": torch.from_numpy(self.lexical_features),
             "lexical_view_features": torch.from_numpy(self.lexical.features),
@@ -428,8 +337,9 @@ class TwoViewEncoder:
             "mean": torch.from_numpy(self.mean_),
             "components": torch.from_numpy(self.components_),
         }
-        if self.student is not None:
-            state |= {f"student.{k}": v.cpu() for k, v in self.student.state_dict().items()}
+        if self.semantic is not None:
+            weights = self.semantic.student.state_dict()
+            state |= {f"student.{k}": v.cpu() for k, v in weights.items()}
         torch.save(state, folder / ENCODER_WEIGHTS_FILE)
 
     @classmethod
@@ -452,8 +362,8 @@ class TwoViewEncoder:
                         if k.startswith("student.")
                     }
                 )
-                encoder.student = student.to(encoder.device)
-                encoder.tokenizer_json = (folder / ENCODER_TOKENIZER_FILE).read_text()
+                tokenizer = WholeTextTokenizer((folder / ENCODER_TOKENIZER_FILE).read_text())
+                encoder.semantic = SemanticView(student.to(encoder.device), tokenizer)
         except (
             OSError,
             ValueError,
@@ -469,23 +379,7 @@ class TwoViewEncoder:
         encoder.teacher_ = payload["teacher"]
         encoder.teacher_sample_ = payload["teacher_sample"]
         encoder.dim = encoder.lexical.components.shape[1] + (
-            encoder.student.dim if encoder.student is not None else 0
+            encoder.semantic.dim if encoder.semantic is not None else 0
         )
         encoder._fitted = True
         return encoder
-
-
-def _least_squares_head(
-    student: DistilledStudent, tokens: TokenBatch, targets: torch.Tensor
-) -> torch.Tensor:
-    """Head weights (dim, token_dim) mapping the initial pooled vectors to the teacher's
-    embeddings by ridge regression: training starts from the distilled model's best linear
-    reading instead of a random projection. The ridge (a tenth of the mean feature variance)
-    keeps a sample smaller than the token width from being interpolated."""
-    pooled = student.pool(*tokens.take(np.arange(len(tokens.offsets) - 1))).double()
-    gram = pooled.T @ pooled
-    ridge = 0.1 * torch.trace(gram) / gram.shape[0]
-    solution = torch.linalg.solve(
-        gram + ridge * torch.eye(gram.shape[0]), pooled.T @ targets.double()
-    )
-    return solution.T.float()

@@ -1,0 +1,45 @@
+"""Pipeline configuration: one frozen pydantic model per step, composed into `PipelineConfig`.
+
+`PipelineConfig` is the Prefect flow's parameter (the UI renders it as a form), loads from
+YAML with `load_config`, and its JSON dump goes into every run's manifest. One module per
+part of the run: `inputs` (corpus and TF-IDF), `encoder`, `cluster`, `pipeline` (report,
+runtime, the whole and its loading).
+"""
+
+from udl.config.cluster import ClusterConfig
+from udl.config.encoder import (
+    AttentionConfig,
+    DECConfig,
+    EncoderConfig,
+    PretrainedConfig,
+    TwoViewConfig,
+)
+from udl.config.inputs import SAMPLE_CORPUS, InputConfig, PreprocessConfig
+from udl.config.pipeline import (
+    LATEST_RUN,
+    PipelineConfig,
+    ReportConfig,
+    RuntimeConfig,
+    config_hash,
+    load_config,
+    parse_config,
+)
+
+__all__ = [
+    "LATEST_RUN",
+    "SAMPLE_CORPUS",
+    "AttentionConfig",
+    "ClusterConfig",
+    "DECConfig",
+    "EncoderConfig",
+    "InputConfig",
+    "PipelineConfig",
+    "PreprocessConfig",
+    "PretrainedConfig",
+    "ReportConfig",
+    "RuntimeConfig",
+    "TwoViewConfig",
+    "config_hash",
+    "load_config",
+    "parse_config",
+]
