@@ -17,12 +17,13 @@ from sklearn.metrics import adjusted_rand_score
 from udl import schema as S
 from udl.cluster.align import align_clusters
 from udl.cluster.assign import cluster_embeddings
+from udl.cluster.clusterers import make_clusterer
 from udl.cluster.kmeans import FaissKMeans
 from udl.cluster.selection import K_RULE, choose_k
 from udl.cluster.vectors import validate_vectors
 from udl.config import ClusterConfig
-from udl.datasets import ALIGNMENT_FILE, CENTROIDS_FILE
-from udl.errors import ConfigError, SchemaError
+from udl.datasets import ALIGNMENT_FILE, CENTROIDS_FILE, Embeddings
+from udl.errors import ConfigError, NotFittedError, SchemaError
 from udl.storage import write_part
 
 
@@ -524,3 +525,42 @@ def test_tiny_corpus_errors_name_the_setting_to_change(tmp_path: Path) -> None:
         _run(tmp_path, corpus, embeddings, "k", ClusterConfig(k="auto"))
     with pytest.raises(ConfigError, match=r"min_samples=5 documents with features.*there are 4"):
         _run(tmp_path, corpus, embeddings, "eps", ClusterConfig(algorithm="dbscan"))
+
+
+# --- the clusterer protocol ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["kmeans", "dbscan"])
+def test_every_clusterer_refuses_to_assign_before_fit(algorithm: str) -> None:
+    clusterer = make_clusterer(ClusterConfig(algorithm=algorithm), seed=0)
+    with pytest.raises(NotFittedError):
+        clusterer.assign(np.zeros((2, 4), np.float32), np.ones(2, np.bool_), 0)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [ClusterConfig(k=4, nredo=3), ClusterConfig(algorithm="dbscan", eps=0.05, min_samples=5)],
+    ids=["kmeans", "dbscan"],
+)
+def test_clusterers_label_the_corpus_part_by_part_as_one_whole(
+    tmp_path: Path, config: ClusterConfig
+) -> None:
+    # Documents without features sit between the others in every part: the part-by-part
+    # labels (DBSCAN's read at each part's offset) must equal the labels of the whole.
+    x, truth = _blobs(n=600, centers=4, dim=8, seed=8, std=0.5)
+    x = _unit(x)
+    featured = np.arange(len(x)) % 7 != 3
+    _, folder = _write_dataset(tmp_path, x, truth, parts=3, featured=featured)
+    clusterer = make_clusterer(config, seed=0).fit(Embeddings(folder), previous=None)
+    assert clusterer.n_train_ == featured.sum()
+    assert set(clusterer.parameters()) == {"k", "eps", "min_samples", "spherical"}
+    labels, offset = [], 0
+    for part in np.array_split(np.arange(len(x)), 3):
+        mask = featured[part]
+        part_labels, dist, conf = clusterer.assign(x[part], mask, offset)
+        offset += int(mask.sum())
+        assert part_labels.dtype == np.int32 and dist.dtype == conf.dtype == np.float32
+        labels.append(part_labels[mask])
+    whole = np.concatenate(labels)
+    assert adjusted_rand_score(truth[featured], whole) == 1.0
+    assert len(clusterer.centroids_) == 4

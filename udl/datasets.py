@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from udl import schema as S
 from udl.errors import SchemaError
-from udl.storage import dataset_parts
+from udl.storage import dataset_parts, sample_rows
 
 __all__ = [
     "ALIGNMENT_FILE",
@@ -38,6 +38,7 @@ __all__ = [
     "REPORT_FILE",
     "TFIDF_FILE",
     "VOCABULARY_FILE",
+    "Embeddings",
     "RunLayout",
     "aligned_parts",
     "decode_vectors",
@@ -230,6 +231,42 @@ def read_has_features(path: Path) -> NDArray[np.bool_]:
         return np.ones(pq.ParquetFile(path).metadata.num_rows, np.bool_)
     column = pq.read_table(path, columns=[S.HAS_FEATURES]).column(S.HAS_FEATURES)
     return column.to_numpy(zero_copy_only=False).astype(np.bool_)
+
+
+class Embeddings:
+    """The embeddings dataset of a run, as the steps after embedding read it.
+
+    Attributes:
+        folder: the dataset folder.
+        parts: its part files, in corpus order.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.parts = dataset_parts(folder)
+        self._has_features: list[NDArray[np.bool_]] | None = None
+
+    def has_features(self) -> list[NDArray[np.bool_]]:
+        """`has_features` of each part (read once)."""
+        if self._has_features is None:
+            self._has_features = [read_has_features(p) for p in self.parts]
+        return self._has_features
+
+    def sample(self, size: int, seed: int) -> NDArray[np.float32]:
+        """A seeded uniform sample (at most `size`, n x dim) of the vectors of documents with
+        features; only the sampled rows stay in memory."""
+        picks = sample_rows(self.parts, size, seed, self.has_features())
+        blocks = [read_embeddings(self.parts[i])[1][rows] for i, rows in picks]
+        return np.concatenate(blocks).astype(np.float32)
+
+    def featured(self) -> NDArray[np.float32]:
+        """Every vector (n_featured, dim) of the documents with features, in corpus order."""
+        return np.concatenate(
+            [
+                read_embeddings(p)[1][mask]
+                for p, mask in zip(self.parts, self.has_features(), strict=True)
+            ]
+        )
 
 
 def features_table(doc_ids: pa.Array, matrix: sp.csr_matrix) -> pa.Table:

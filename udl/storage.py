@@ -227,18 +227,27 @@ def dataset_parts(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.parquet"))
 
 
-def sample_rows(parts: list[Path], size: int, seed: int) -> list[tuple[int, NDArray[np.int64]]]:
-    """A seeded uniform sample of at most `size` rows across a dataset's parts.
+def sample_rows(
+    parts: list[Path],
+    size: int,
+    seed: int,
+    eligible: list[NDArray[np.bool_]] | None = None,
+) -> list[tuple[int, NDArray[np.int64]]]:
+    """The one seeded sampler: a uniform sample of at most `size` rows across a dataset's
+    parts, drawn among the rows marked in `eligible` (one mask per part; all rows when None).
 
     Returns:
         (part position, sorted row numbers within that part) for each part with sampled rows;
         reading only those rows keeps memory bounded by the sample.
     """
-    sizes = np.array([pq.ParquetFile(p).metadata.num_rows for p in parts], dtype=np.int64)
-    total = int(sizes.sum())
-    chosen = np.sort(
-        np.random.default_rng(seed).choice(total, size=min(size, total), replace=False)
+    if eligible is None:
+        eligible = [np.ones(pq.ParquetFile(p).metadata.num_rows, np.bool_) for p in parts]
+    sizes = np.array([len(mask) for mask in eligible], np.int64)
+    positions = np.flatnonzero(np.concatenate(eligible)) if eligible else np.zeros(0, np.int64)
+    drawn = np.random.default_rng(seed).choice(
+        len(positions), size=min(size, len(positions)), replace=False
     )
+    chosen = positions[np.sort(drawn)]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     picks = []
     for i in range(len(parts)):

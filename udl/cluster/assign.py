@@ -21,24 +21,20 @@ from numpy.typing import NDArray
 
 from udl import schema as S
 from udl.cluster.align import Alignment, align_clusters
-from udl.cluster.dbscan import dbscan
-from udl.cluster.eps_search import choose_eps
+from udl.cluster.clusterers import Clusterer, make_clusterer
 from udl.cluster.health import log_warnings, no_features_warning, result_warnings
-from udl.cluster.kmeans import FaissKMeans, prepare, to_distance
-from udl.cluster.neighbours import flat_index
-from udl.cluster.selection import choose_k
 from udl.config import ClusterConfig
 from udl.datasets import (
     ALIGNMENT_FILE,
     CENTROIDS_FILE,
+    Embeddings,
     aligned_parts,
     read_embeddings,
-    read_has_features,
 )
 from udl.errors import ConfigError, SchemaError
-from udl.storage import atomic_dir, dataset_parts, write_json_atomic, write_part
+from udl.storage import atomic_dir, write_json_atomic, write_part
 
-__all__ = ["ClusterResult", "cluster_embeddings", "read_sample"]
+__all__ = ["ClusterResult", "cluster_embeddings"]
 
 log = logging.getLogger(__name__)
 
@@ -83,154 +79,14 @@ class ClusterResult:
     warnings: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Fit:
-    """A fitted model before alignment: centroids in fitted order and how to label a part."""
-
-    centroids: NDArray[np.float32]
-    n_train: int
-    selection: dict[str, Any]
-    kmeans: FaissKMeans | None = None
-    dbscan_labels: NDArray[np.int32] | None = None  # of the documents with features
-    eps: float | None = None
-    exact: bool = True
-    warnings: list[str] = field(default_factory=list)
-
-
-def _featured(parts: list[Path]) -> list[NDArray[np.bool_]]:
-    """``has_features`` of each part; a clear error when no document has any."""
-    featured = [read_has_features(p) for p in parts]
-    if not any(f.any() for f in featured):
-        n = sum(len(f) for f in featured)
+def _check_featured(embeddings: Embeddings) -> None:
+    """A clear error when no document has features."""
+    if not any(mask.any() for mask in embeddings.has_features()):
+        n = sum(len(mask) for mask in embeddings.has_features())
         raise ConfigError(
             f"None of the {n} documents has a word kept by preprocessing, so there is nothing "
             "to cluster; lower preprocess.min_df or check the text column."
         )
-    return featured
-
-
-def _sample_featured(
-    featured: list[NDArray[np.bool_]], size: int, seed: int
-) -> list[tuple[int, NDArray[np.int64]]]:
-    """A seeded uniform sample of at most ``size`` documents with features, across parts.
-
-    Returns:
-        (part position, sorted row numbers within that part) for each part with sampled rows;
-        the same rows as ``udl.storage.sample_rows`` when every document has features.
-    """
-    positions = np.flatnonzero(np.concatenate(featured))
-    size = min(size, len(positions))
-    rows = positions[np.sort(np.random.default_rng(seed).choice(len(positions), size, False))]
-    starts = np.concatenate([[0], np.cumsum([len(f) for f in featured])])
-    picks = []
-    for i in range(len(featured)):
-        inside = rows[(rows >= starts[i]) & (rows < starts[i + 1])] - starts[i]
-        if len(inside):
-            picks.append((i, inside))
-    return picks
-
-
-def read_sample(
-    embeddings_dir: Path, size: int, seed: int
-) -> tuple[NDArray[np.float32], list[tuple[int, NDArray[np.int64]]]]:
-    """A seeded sample of at most ``size`` embeddings (n, dim) of documents with features, and
-    where the rows came from."""
-    parts = dataset_parts(embeddings_dir)
-    picks = _sample_featured(_featured(parts), size, seed)
-    blocks = [read_embeddings(parts[i])[1][rows] for i, rows in picks]
-    return np.concatenate(blocks).astype(np.float32), picks
-
-
-def _read_featured(embeddings_dir: Path) -> NDArray[np.float32]:
-    """Every embedding (n_featured, dim) of the documents with features, in corpus order."""
-    parts = dataset_parts(embeddings_dir)
-    featured = _featured(parts)
-    return np.concatenate([read_embeddings(p)[1][f] for p, f in zip(parts, featured, strict=True)])
-
-
-def _centroids_of(
-    x: NDArray[np.float32], labels: NDArray[np.int32], n_clusters: int, metric: str
-) -> NDArray[np.float32]:
-    """Mean of each cluster's members (normalised for cosine); noise (-1) is ignored."""
-    member = labels >= 0
-    sums = np.zeros((n_clusters, x.shape[1]), np.float64)
-    np.add.at(sums, labels[member], x[member])
-    counts = np.bincount(labels[member], minlength=n_clusters)[:, None]
-    centroids = (sums / counts).astype(np.float32)
-    return prepare(centroids, "cosine") if metric == "cosine" else centroids
-
-
-def _fit_kmeans(
-    embeddings_dir: Path, config: ClusterConfig, seed: int, previous: NDArray[np.float32] | None
-) -> _Fit:
-    selection: dict[str, Any] = {}
-    warnings: list[str] = []
-    k = config.k
-    if k == "auto":
-        sample, _ = read_sample(embeddings_dir, config.selection_sample, seed)
-        result = choose_k(sample, config.k_candidates, config.metric, config.niter, seed)
-        k, selection, warnings = result.chosen, result.as_dict(), result.warnings
-        log.info(
-            "auto k: chose %d from %s (extended by %s)", k, config.k_candidates, result.extended
-        )
-    train, _ = read_sample(embeddings_dir, config.max_points_per_centroid * k, seed)
-    warm = previous if previous is not None and previous.shape == (k, train.shape[1]) else None
-    model = FaissKMeans(
-        k,
-        config.metric,
-        config.niter,
-        config.nredo,
-        config.max_points_per_centroid,
-        seed,
-        spherical=None if config.spherical == "auto" else config.spherical,
-        init=config.kmeans_init,
-    ).fit(train, init_centroids=warm)
-    return _Fit(model.cluster_centers_, len(train), selection, kmeans=model, warnings=warnings)
-
-
-def _fit_dbscan(embeddings_dir: Path, config: ClusterConfig, seed: int) -> _Fit:
-    x = _read_featured(embeddings_dir)
-    flat_max, nprobe = config.dbscan_flat_max, config.dbscan_nprobe
-    selection: dict[str, Any] = {}
-    warnings: list[str] = []
-    if config.eps == "auto":
-        if len(x) < config.min_samples:
-            raise ConfigError(
-                f"eps='auto' needs at least min_samples={config.min_samples} documents with "
-                f"features, and there are {len(x)}; lower cluster.min_samples or set eps."
-            )
-        chosen = choose_eps(
-            x,
-            config.min_samples,
-            config.metric,
-            config.selection_sample,
-            seed,
-            flat_max=flat_max,
-            nprobe=nprobe,
-        )
-        eps, result = chosen.chosen, chosen.result
-        selection, warnings = chosen.as_dict(), chosen.warnings
-        log.info(
-            "auto eps: chose %.4g from %d candidates (min_samples=%d)",
-            eps,
-            len(chosen.candidates),
-            config.min_samples,
-        )
-    else:
-        eps = float(config.eps)
-        result = dbscan(
-            x, eps, config.min_samples, config.metric, flat_max=flat_max, nprobe=nprobe, seed=seed
-        )
-    centroids = _centroids_of(x, result.labels, result.n_clusters, config.metric)
-    return _Fit(
-        centroids,
-        len(x),
-        selection,
-        dbscan_labels=result.labels,
-        eps=eps,
-        exact=result.exact,
-        warnings=warnings,
-    )
 
 
 def _load_previous(previous_models: Path | None) -> tuple[NDArray[np.float32] | None, str | None]:
@@ -244,19 +100,22 @@ def _load_previous(previous_models: Path | None) -> tuple[NDArray[np.float32] | 
 
 
 def _align(
-    fit: _Fit, previous: NDArray[np.float32] | None, reason: str | None, config: ClusterConfig
+    fitted: NDArray[np.float32],
+    previous: NDArray[np.float32] | None,
+    reason: str | None,
+    config: ClusterConfig,
 ) -> tuple[Alignment | None, dict[str, Any]]:
-    if previous is not None and previous.ndim == 2 and previous.shape[1] != fit.centroids.shape[1]:
+    if previous is not None and previous.ndim == 2 and previous.shape[1] != fitted.shape[1]:
         previous, reason = (
             None,
-            (f"embedding dim changed from {previous.shape[1]} to {fit.centroids.shape[1]}"),
+            (f"embedding dim changed from {previous.shape[1]} to {fitted.shape[1]}"),
         )
     if previous is None:
         return None, {"status": "skipped", "reason": reason}
-    alignment = align_clusters(fit.centroids, previous, config.metric)
+    alignment = align_clusters(fitted, previous, config.metric)
     log.info(
         "aligned %d clusters to the previous run: %d appeared, %d vanished, %d moved",
-        len(fit.centroids),
+        len(fitted),
         len(alignment.appeared),
         len(alignment.vanished),
         len(alignment.moved),
@@ -275,26 +134,16 @@ class _Labels:
 
 
 def _label_part(
+    clusterer: Clusterer,
     x: NDArray[np.float32],
     featured: NDArray[np.bool_],
-    fitted: NDArray[np.int32] | None,
-    fit: _Fit,
+    offset: int,
     alignment: Alignment | None,
-    centroids: NDArray[np.float32],
-    config: ClusterConfig,
 ) -> _Labels:
-    """Assignments of one part's embeddings ``x`` (n, dim); ``fitted``: DBSCAN's labels of
-    its documents with features (None for k-means)."""
-    if fit.kmeans is not None:
-        labels, dist, conf = fit.kmeans.predict(x, config.assign_batch_size)
-    else:
-        assert fitted is not None
-        labels = np.full(len(x), -1, np.int32)
-        labels[featured] = fitted
+    """Assignments of one part's embeddings `x` (n, dim), in the aligned cluster ids."""
+    labels, dist, conf = clusterer.assign(x, featured, offset)
     if alignment is not None:
         labels = alignment.relabel(labels)
-    if fit.kmeans is None:
-        dist, conf = _dbscan_distances(x, labels, centroids, config.metric)
     labels = np.where(featured, labels, -1).astype(np.int32)
     dist = np.where(featured, dist, np.nan).astype(np.float32)
     conf = np.where(featured, conf, 0.0).astype(np.float32)
@@ -369,32 +218,33 @@ def cluster_embeddings(
         SchemaError: embeddings and corpus parts that do not line up.
     """
     parts = aligned_parts(embeddings_dir, corpus_dir)
+    embeddings = Embeddings(embeddings_dir)
+    _check_featured(embeddings)
     models_dir.mkdir(parents=True, exist_ok=True)
     previous, reason = _load_previous(previous_models)
-    if config.algorithm == "kmeans":
-        fit = _fit_kmeans(embeddings_dir, config, seed, previous)
-    else:
-        fit = _fit_dbscan(embeddings_dir, config, seed)
-    alignment, record = _align(fit, previous, reason, config)
-    centroids = alignment.reorder(fit.centroids) if alignment else fit.centroids
+    clusterer = make_clusterer(config, seed).fit(embeddings, previous)
+    alignment, record = _align(clusterer.centroids_, previous, reason, config)
+    fitted = clusterer.centroids_
+    centroids = alignment.reorder(fitted) if alignment else fitted
     np.save(models_dir / CENTROIDS_FILE, centroids, allow_pickle=False)
-    warm = fit.kmeans is not None and fit.kmeans.warm_started_
     if previous_models is not None:
-        record = {"previous_models": str(previous_models), "warm_start": warm, **record}
+        record = {
+            "previous_models": str(previous_models),
+            "warm_start": clusterer.warm_started_,
+            **record,
+        }
         write_json_atomic(models_dir / ALIGNMENT_FILE, record)
 
-    n_docs = n_fitted = 0
+    n_docs = offset = 0
     sizes = np.zeros(len(centroids), np.int64)
     statuses = dict.fromkeys(S.STATUSES, 0)
     with atomic_dir(assignments_dir) as out:
-        for i, (emb_part, corpus_part) in enumerate(parts):
+        for i, ((emb_part, corpus_part), featured) in enumerate(
+            zip(parts, embeddings.has_features(), strict=True)
+        ):
             doc_ids, x_part, _ = read_embeddings(emb_part)
-            featured = read_has_features(emb_part)
-            fitted = None
-            if fit.dbscan_labels is not None:
-                fitted = fit.dbscan_labels[n_fitted : n_fitted + int(featured.sum())]
-                n_fitted += len(fitted)
-            labels = _label_part(x_part, featured, fitted, fit, alignment, centroids, config)
+            labels = _label_part(clusterer, x_part, featured, offset, alignment)
+            offset += int(featured.sum())
             write_part(_assignment_table(corpus_part, doc_ids, labels, run_id), out, i)
             n_docs += len(doc_ids)
             sizes += np.bincount(labels.ids[labels.ids >= 0], minlength=len(centroids))
@@ -402,57 +252,22 @@ def cluster_embeddings(
                 statuses[status] += int(np.sum(labels.status == status))
     warnings = [
         *no_features_warning(statuses[S.NO_FEATURES], n_docs),
-        *fit.warnings,
-        *result_warnings(sizes, statuses[S.NOISE], config.algorithm, _setting(fit, config)),
+        *clusterer.warnings_,
+        *result_warnings(sizes, statuses[S.NOISE], config.algorithm, clusterer.setting()),
     ]
     log_warnings(warnings)
     return ClusterResult(
         algorithm=config.algorithm,
         metric=config.metric,
-        k=len(centroids) if fit.kmeans is not None else None,
-        eps=fit.eps,
-        min_samples=config.min_samples if fit.kmeans is None else None,
+        **clusterer.parameters(),
         n_clusters=len(centroids),
         n_noise=statuses[S.NOISE],
         n_docs=n_docs,
-        n_train=fit.n_train,
-        selection=fit.selection,
-        spherical=fit.kmeans.spherical_ if fit.kmeans is not None else None,
-        exact=fit.exact,
-        warm_start=warm,
+        n_train=clusterer.n_train_,
+        selection=clusterer.selection_,
+        exact=clusterer.exact_,
+        warm_start=clusterer.warm_started_,
         alignment=record if previous_models is not None else {},
         n_no_features=statuses[S.NO_FEATURES],
         warnings=warnings,
     )
-
-
-def _setting(fit: _Fit, config: ClusterConfig) -> str:
-    """The clustering's parameters in words, for warnings."""
-    auto = " chosen automatically" if fit.selection else ""
-    if fit.kmeans is not None:
-        return f"k={fit.kmeans.k}{auto}"
-    return f"eps={fit.eps:.3g}{auto}, min_samples={config.min_samples}"
-
-
-def _dbscan_distances(
-    x: NDArray[np.float32], labels: NDArray[np.int32], centroids: NDArray[np.float32], metric: str
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Distance to the own cluster's centroid (noise: the nearest centroid), and confidence
-    1 - d_own / d_nearest_other (0 for noise, 1 when there is a single cluster)."""
-    n = len(labels)
-    if len(centroids) == 0:
-        return np.full(n, np.nan, np.float32), np.zeros(n, np.float32)
-    xs = prepare(x, metric)
-    scores, ids = flat_index(centroids, metric).search(xs, min(2, len(centroids)))
-    dist = to_distance(scores, metric)
-    own = np.where(labels >= 0, labels, ids[:, 0])
-    if metric == "cosine":
-        d_own = (1.0 - np.einsum("ij,ij->i", xs, centroids[own])).clip(min=0.0)
-    else:
-        diff = xs - centroids[own]
-        d_own = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-    if len(centroids) < 2:
-        return d_own.astype(np.float32), np.where(labels >= 0, 1.0, 0.0).astype(np.float32)
-    d_other = np.where(ids[:, 0] == own, dist[:, 1], dist[:, 0])
-    conf = np.where(labels >= 0, (1.0 - d_own / np.maximum(d_other, 1e-12)).clip(0.0, 1.0), 0.0)
-    return d_own.astype(np.float32), conf.astype(np.float32)
