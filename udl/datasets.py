@@ -39,6 +39,7 @@ __all__ = [
     "TFIDF_FILE",
     "VOCABULARY_FILE",
     "Embeddings",
+    "KeptFeatures",
     "RunLayout",
     "aligned_parts",
     "decode_vectors",
@@ -49,6 +50,7 @@ __all__ = [
     "read_embeddings",
     "read_has_features",
     "read_idf",
+    "read_kept_features",
     "read_vocabulary",
 ]
 
@@ -288,6 +290,31 @@ def read_csr(table: pa.Table, n_features: int) -> sp.csr_matrix:
         shape=(table.num_rows, n_features),
         dtype=np.float32,
     )
+
+
+@dataclass(frozen=True)
+class KeptFeatures:
+    """The hashed features the TF-IDF pruning kept.
+
+    Attributes:
+        ids: int64 feature ids, sorted.
+        by_df: the same ids, most frequent first (ties in id order).
+    """
+
+    ids: NDArray[np.int64]
+    by_df: NDArray[np.int64]
+
+    def top(self, count: int) -> NDArray[np.int64]:
+        """The `count` most frequent kept features, sorted."""
+        return np.sort(self.by_df[:count])
+
+
+def read_kept_features(models_dir: Path) -> KeptFeatures:
+    """The preprocess step's kept features, from `models/tfidf.parquet`."""
+    table = pq.read_table(models_dir / TFIDF_FILE)
+    features = table.column("feature").to_numpy().astype(np.int64)
+    order = np.argsort(-table.column("df").to_numpy(), kind="stable")
+    return KeptFeatures(features, features[order])
 
 
 def read_idf(models_dir: Path, n_features: int) -> NDArray[np.float32]:

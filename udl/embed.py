@@ -34,16 +34,16 @@ from udl.config import EncoderConfig, PreprocessConfig
 from udl.datasets import (
     ENCODER_CONFIG_FILE,
     ENCODER_DIR,
-    TFIDF_FILE,
     aligned_parts,
     decode_vectors,
     embeddings_table,
     read_csr,
+    read_kept_features,
 )
 from udl.encoders.attention import AttentionEncoder
 from udl.encoders.autoencoder import AutoencoderEncoder
 from udl.encoders.base import DocumentBatch, Encoder
-from udl.encoders.estimator import TorchEncoder
+from udl.encoders.pretrained import PretrainedEncoder
 from udl.encoders.training import TrainingResult
 from udl.encoders.twoview import TwoViewEncoder
 from udl.encoders.views import unit_rows
@@ -72,9 +72,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 VALID_SHARE = 0.1
-_ENCODERS: dict[str, type[TorchEncoder]] = {
-    AutoencoderEncoder.kind: AutoencoderEncoder,
-    AttentionEncoder.kind: AttentionEncoder,
+# Every encoder by its `kind` (the `EncoderConfig.kind` and checkpoint value); a new encoder
+# implements `udl.encoders.base.Encoder` and registers here.
+ENCODERS: dict[str, type[Encoder]] = {
+    encoder.kind: encoder
+    for encoder in (TwoViewEncoder, AutoencoderEncoder, AttentionEncoder, PretrainedEncoder)
 }
 
 
@@ -110,14 +112,6 @@ def read_documents(
         features, texts = features.take(rows), texts.take(rows)
     docs = DocumentBatch(read_csr(features, n_features), texts.to_pylist())
     return features.column(S.DOC_ID).to_pylist(), docs
-
-
-def _kept_features(models_dir: Path, count: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """All features kept by pruning, and the `count` most frequent of them (both sorted)."""
-    table = pq.read_table(models_dir / TFIDF_FILE)
-    features = table.column("feature").to_numpy().astype(np.int64)
-    top = np.argsort(-table.column("df").to_numpy(), kind="stable")[:count]
-    return features, np.sort(features[top])
 
 
 def _sample(
@@ -157,25 +151,16 @@ def make_encoder(
     Raises:
         ConfigError: unknown checkpoint, incompatible warm start, missing optional model.
     """
-    if config.kind == "pretrained":
-        from udl.encoders.pretrained import PretrainedEncoder
-
-        return PretrainedEncoder(config, seed)
     if config.warm_start is not None:
         previous = load_encoder(Path(config.warm_start), config.device)
-        if isinstance(previous, TwoViewEncoder) and config.kind == TwoViewEncoder.kind:
-            return previous.continue_with(config, preprocess, seed)
-        if not isinstance(previous, TorchEncoder):
+        if previous.kind != config.kind:
             raise ConfigError(
-                f"encoder.warm_start={config.warm_start!r} holds a {previous.kind!r} encoder, "
-                "which has no trained weights; name a trained encoder's checkpoint"
+                f"encoder.warm_start={config.warm_start!r} holds a {previous.kind!r} encoder but "
+                f"encoder.kind is {config.kind!r}; set encoder.kind to {previous.kind!r} or "
+                "encoder.warm_start to empty to train from scratch"
             )
         return previous.continue_with(config, preprocess, seed)
-    if config.kind == TwoViewEncoder.kind:
-        lexical = _kept_features(models_dir, config.two_view.lexical_features)[1]
-        return TwoViewEncoder(config, preprocess, lexical, seed)
-    inputs, target = _kept_features(models_dir, config.reconstruct_features)
-    return _ENCODERS[config.kind](config, preprocess, inputs, target, seed)
+    return ENCODERS[config.kind].create(config, preprocess, read_kept_features(models_dir), seed)
 
 
 def load_encoder(folder: Path, device: str | None = None) -> Encoder:
@@ -194,14 +179,13 @@ def load_encoder(folder: Path, device: str | None = None) -> Encoder:
             f"{folder} holds no encoder checkpoint ({ENCODER_CONFIG_FILE} missing); pass a run's "
             "models/encoder folder"
         )
-    kind = json.loads(config_file.read_text())["kind"]
-    if kind == "pretrained":
-        from udl.encoders.pretrained import PretrainedEncoder
-
-        return PretrainedEncoder.load(folder, device)
-    if kind == TwoViewEncoder.kind:
-        return TwoViewEncoder.load(folder, device)
-    return _ENCODERS[kind].load(folder, device)
+    kind = json.loads(config_file.read_text()).get("kind")
+    if kind not in ENCODERS:
+        raise ConfigError(
+            f"{config_file} names the encoder kind {kind!r}, which this udl does not know "
+            f"(known: {', '.join(sorted(ENCODERS))}); train from scratch"
+        )
+    return ENCODERS[kind].load(folder, device)
 
 
 def write_embeddings(
@@ -217,7 +201,6 @@ def write_embeddings(
         The number of documents, and how many of them have no features.
     """
     n_docs = n_empty = 0
-    reads_tfidf = isinstance(encoder, TorchEncoder)
     with atomic_dir(embeddings_dir) as out, BackgroundWriter() as writer:
         # Reading part k + 1 and writing part k - 1 overlap embedding part k.
         parts = aligned_parts(corpus_dir, features_dir)
@@ -225,15 +208,11 @@ def write_embeddings(
         for index, (doc_ids, docs) in enumerate(
             tqdm(documents, total=len(parts), desc="embed", unit="part", disable=None)
         ):
-            if isinstance(encoder, TwoViewEncoder):
-                vectors, scores, featured = encoder.encode(docs)
-            else:
-                vectors, scores = encoder.transform(docs)
-                featured = has_features(docs) if reads_tfidf else None
+            vectors, scores, featured = encoder.encode(docs)
             vectors = vectors.reshape(len(doc_ids), encoder.dim)
             writer.write(embeddings_table(doc_ids, vectors, scores, featured), out, index)
             n_docs += len(doc_ids)
-            n_empty += 0 if featured is None else int(np.sum(~featured))
+            n_empty += int(np.sum(~featured))
     return n_docs, n_empty
 
 
@@ -354,11 +333,11 @@ def embed_corpus(
     order = np.random.default_rng(seed + 1).permutation(len(sample))
     valid, train = sample.take(order[:n_valid]), sample.take(order[n_valid:])
     encoder = make_encoder(encoder_config, preprocess_config, models_dir, seed)
-    device = str(getattr(encoder, "device", "cpu"))
+    device = str(encoder.device)
     log.info("embedding on %s", device)
     encoder.fit(train, valid if n_valid else train)
     dec = None
-    if encoder_config.dec.method != "none" and hasattr(encoder, "refine_clusters"):
+    if encoder_config.dec.method != "none":
         dec = encoder.refine_clusters(
             sample.take(order[: encoder_config.dec.max_docs]), initial_clusters
         )
@@ -367,7 +346,7 @@ def embed_corpus(
     n_docs, n_empty = write_embeddings(
         encoder, corpus_dir, features_dir, embeddings_dir, n_features
     )
-    history = getattr(encoder, "training_", None) or TrainingResult()
+    history = encoder.training_ or TrainingResult()
     return EmbedResult(
         n_docs=n_docs,
         n_train=len(train),
@@ -382,7 +361,7 @@ def embed_corpus(
         embed_seconds=time.perf_counter() - trained,
         device=device,
         n_no_features=n_empty,
-        teacher=getattr(encoder, "teacher_", None),
-        teacher_sample=getattr(encoder, "teacher_sample_", 0),
-        teacher_seconds=getattr(encoder, "teacher_seconds_", 0.0),
+        teacher=encoder.teacher_,
+        teacher_sample=encoder.teacher_sample_,
+        teacher_seconds=encoder.teacher_seconds_,
     )

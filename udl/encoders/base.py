@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, ClassVar, Protocol, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -14,6 +14,12 @@ import torch
 from numpy.typing import NDArray
 
 from udl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from udl.config import EncoderConfig, PreprocessConfig
+    from udl.datasets import KeptFeatures
+    from udl.encoders.dec import DECResult, InitialClusters
+    from udl.encoders.training import TrainingResult
 
 __all__ = [
     "DocumentBatch",
@@ -48,22 +54,69 @@ class DocumentBatch:
 
 
 class Encoder(Protocol):
-    """A document encoder: the `TorchEncoder` subclasses and `PretrainedEncoder`."""
+    """A document encoder (`TwoViewEncoder`, the `TorchEncoder` subclasses,
+    `PretrainedEncoder`); the embed step knows encoders only through this protocol and the
+    registry `udl.embed.ENCODERS`, keyed by `kind`.
 
-    kind: str
+    Attributes:
+        dim: output width.
+        device: the torch device it runs on.
+        training_: per-epoch losses of `fit` (None when nothing is trained).
+        teacher_, teacher_sample_, teacher_seconds_: the teacher model's name, the documents
+            it embedded and its seconds (None, 0, 0.0 without a teacher).
+    """
+
+    kind: ClassVar[str]
     dim: int
+    device: torch.device
+    training_: TrainingResult | None
+    teacher_: str | None
+    teacher_sample_: int
+    teacher_seconds_: float
+
+    @classmethod
+    def create(
+        cls, config: EncoderConfig, preprocess: PreprocessConfig, kept: KeptFeatures, seed: int
+    ) -> Self:
+        """An unfitted encoder reading the features `kept` by the TF-IDF pruning."""
+        ...
+
+    @classmethod
+    def load(cls, folder: Path, device: str | None = None) -> Self:
+        """Rebuild a saved encoder; weights load with `weights_only=True`."""
+        ...
 
     @property
     def n_parameters(self) -> int:
         """Number of model parameters."""
         ...
 
+    def continue_with(self, config: EncoderConfig, preprocess: PreprocessConfig, seed: int) -> Self:
+        """Warm start from this (loaded) encoder with `config`'s training settings.
+
+        Raises:
+            ConfigError: `config` or `preprocess` is incompatible with the checkpoint.
+        """
+        ...
+
     def fit(self, train: DocumentBatch, valid: DocumentBatch) -> Self:
         """Train without labels on a sample; `valid` drives early stopping."""
         ...
 
+    def refine_clusters(self, docs: DocumentBatch, initial: InitialClusters) -> DECResult | None:
+        """DEC/IDEC refinement after `fit` (None, with a warning, when there is nothing to
+        refine)."""
+        ...
+
     def transform(self, docs: DocumentBatch) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Return embeddings (n_docs, dim) and anomaly scores (n_docs,), both float32."""
+        ...
+
+    def encode(
+        self, docs: DocumentBatch
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
+        """`transform`, and whether each document has anything the encoder reads (n_docs,)
+        bool: documents without are left out of clustering."""
         ...
 
     def save(self, folder: Path) -> None:

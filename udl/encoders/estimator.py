@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from udl.config import EncoderConfig, PreprocessConfig
-from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE
+from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE, KeptFeatures
 from udl.encoders.base import DocumentBatch, resolve_device, seed_everything
 from udl.encoders.dec import DECResult, InitialClusters, refine
 from udl.encoders.modules import cosine_error
@@ -100,6 +100,10 @@ class TorchEncoder(ABC):
     kind: ClassVar[str]
     # EncoderConfig fields that change the module's shape; a warm start must keep them.
     architecture_keys: ClassVar[tuple[str, ...]] = ("dim", "hidden_dim")
+    # No teacher: the model learns from the documents alone.
+    teacher_: ClassVar[str | None] = None
+    teacher_sample_: ClassVar[int] = 0
+    teacher_seconds_: ClassVar[float] = 0.0
 
     def __init__(
         self,
@@ -137,6 +141,14 @@ class TorchEncoder(ABC):
         # from the data-dependent initialisation (a warm start keeps its weights).
         self._fresh = True
         self.training_: TrainingResult | None = None
+
+    @classmethod
+    def create(
+        cls, config: EncoderConfig, preprocess: PreprocessConfig, kept: KeptFeatures, seed: int
+    ) -> Self:
+        """An untrained encoder reading every kept feature and reconstructing the
+        `config.reconstruct_features` most frequent."""
+        return cls(config, preprocess, kept.ids, kept.top(config.reconstruct_features), seed)
 
     @abstractmethod
     def _build_model(self) -> nn.Module:
@@ -251,6 +263,13 @@ class TorchEncoder(ABC):
         if self.config.normalize:
             codes = F.normalize(codes, dim=1)
         return codes.numpy(), errors.numpy()
+
+    def encode(
+        self, docs: DocumentBatch
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
+        """`transform`, and whether each document's TF-IDF row holds any feature."""
+        vectors, scores = self.transform(docs)
+        return vectors, scores, np.diff(docs.tfidf.indptr) > 0
 
     def continue_with(self, config: EncoderConfig, preprocess: PreprocessConfig, seed: int) -> Self:
         """Warm start: keep the weights and features, train next with `config`'s settings.

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Self
+from typing import ClassVar, Self
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
-from udl.config import EncoderConfig
-from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE
+from udl.config import EncoderConfig, PreprocessConfig
+from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE, KeptFeatures
 from udl.encoders.base import (
     DocumentBatch,
     principal_subspace,
@@ -37,9 +37,9 @@ from udl.encoders.base import (
 )
 from udl.encoders.dec import DECResult, InitialClusters, refine
 from udl.encoders.teacher import load_sentence_model, resolve_model_path
-from udl.encoders.training import autocast
+from udl.encoders.training import TrainingResult, autocast
 from udl.encoders.views import unit_rows
-from udl.errors import NotFittedError
+from udl.errors import ConfigError, NotFittedError
 
 __all__ = ["PretrainedEncoder"]
 
@@ -55,6 +55,11 @@ class PretrainedEncoder:
     """
 
     kind = "pretrained"
+    # Used as it is: nothing is trained, and the model is its own teacher.
+    training_: ClassVar[TrainingResult | None] = None
+    teacher_: ClassVar[str | None] = None
+    teacher_sample_: ClassVar[int] = 0
+    teacher_seconds_: ClassVar[float] = 0.0
 
     def __init__(self, config: EncoderConfig, seed: int = 0) -> None:
         """Load the model (from `config.pretrained.model_path` or the bundled one).
@@ -71,6 +76,21 @@ class PretrainedEncoder:
         self.components_: NDArray[np.float32] | None = None
         self.adapter: torch.nn.Linear | None = None
         self._sample: NDArray[np.float32] | None = None
+
+    @classmethod
+    def create(
+        cls, config: EncoderConfig, preprocess: PreprocessConfig, kept: KeptFeatures, seed: int
+    ) -> Self:
+        """The model reads the text itself: the features do not matter."""
+        del preprocess, kept
+        return cls(config, seed)
+
+    def continue_with(self, config: EncoderConfig, preprocess: PreprocessConfig, seed: int) -> Self:
+        """Never: the pretrained model has no trained weights to continue from."""
+        raise ConfigError(
+            "encoder.warm_start names a 'pretrained' encoder, which has no trained weights; "
+            "name a trained encoder's checkpoint"
+        )
 
     @property
     def n_parameters(self) -> int:
@@ -147,6 +167,13 @@ class PretrainedEncoder:
         if self.config.normalize:
             x = unit_rows(x)
         return x.astype(np.float32, copy=False), scores
+
+    def encode(
+        self, docs: DocumentBatch
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.bool_]]:
+        """`transform`; the model reads the text itself, so every document has features."""
+        vectors, scores = self.transform(docs)
+        return vectors, scores, np.ones(len(docs), np.bool_)
 
     def save(self, folder: Path) -> None:
         """Write `config.json` (config and model folder) and `weights.pt` (the PCA only)."""

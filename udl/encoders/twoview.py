@@ -43,7 +43,12 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from udl.config import EncoderConfig, PreprocessConfig
-from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_TOKENIZER_FILE, ENCODER_WEIGHTS_FILE
+from udl.datasets import (
+    ENCODER_CONFIG_FILE,
+    ENCODER_TOKENIZER_FILE,
+    ENCODER_WEIGHTS_FILE,
+    KeptFeatures,
+)
 from udl.encoders.base import (
     DocumentBatch,
     principal_subspace,
@@ -117,6 +122,14 @@ class TwoViewEncoder:
         self.teacher_seconds_ = 0.0
         self.training_: TrainingResult | None = None
         self._fitted = False
+
+    @classmethod
+    def create(
+        cls, config: EncoderConfig, preprocess: PreprocessConfig, kept: KeptFeatures, seed: int
+    ) -> Self:
+        """An unfitted encoder whose lexical view reads the `two_view.lexical_features` most
+        frequent kept features."""
+        return cls(config, preprocess, kept.top(config.two_view.lexical_features), seed)
 
     @property
     def n_parameters(self) -> int:
