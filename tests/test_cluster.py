@@ -20,11 +20,11 @@ from udl.cluster.assign import cluster_embeddings
 from udl.cluster.clusterers import make_clusterer
 from udl.cluster.kmeans import FaissKMeans
 from udl.cluster.selection import K_RULE, choose_k
-from udl.cluster.vectors import validate_vectors
 from udl.config import ClusterConfig
 from udl.datasets import ALIGNMENT_FILE, CENTROIDS_FILE, Embeddings
 from udl.errors import ConfigError, NotFittedError, SchemaError
 from udl.storage import write_part
+from udl.vectors import validate_vectors
 
 
 def _blobs(

@@ -39,19 +39,14 @@ import pyarrow.parquet as pq
 
 from udl import schema as S
 from udl.config import InputConfig
+from udl.doc_ids import KeptDocs, SeenIds, describe_record, duplicate_error
 from udl.errors import ConfigError, InputDataError
 from udl.parallel import compute
 from udl.readers import read_source
 from udl.sources import Source, resolve_sources
 from udl.storage import PartWriter, atomic_dir, dataset_parts, write_part
-from udl.validation import (
-    KeptDocs,
-    SeenIds,
-    Validator,
-    describe_record,
-    duplicate_error,
-    first_valid_length,
-)
+from udl.validation import Validator
+from udl.vectors import first_valid_length
 
 __all__ = ["IngestResult", "SourceCounts", "ingest", "resolve_sources"]
 

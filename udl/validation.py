@@ -2,7 +2,7 @@
 truncate, check supplied vectors, and drop repeated ids (keeping the first), vectorised with
 Arrow per batch.
 
-Supplied vectors (`input.embedding_column`) are checked by `udl.cluster.vectors.validate_vectors`
+Supplied vectors (`input.embedding_column`) are checked by `udl.vectors.validate_vectors`
 against the corpus's dimension (`input.embedding_dim`, else `first_valid_length` of the first
 source, decided once by `udl.corpus`): reasons `null_vector`, `wrong_length`, `null_value`,
 `non_finite`. A row rejected for its vector does not claim its id, so a later row with the
@@ -15,145 +15,35 @@ file) that kept it.
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 import json
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
 
 from udl import schema as S
-from udl.cluster.vectors import (
+from udl.config import InputConfig
+from udl.doc_ids import KeptDocs, SeenIds, derived_ids, describe_record, duplicate_error, hash_ids
+from udl.raw import RawBatch
+from udl.sources import Source
+from udl.vectors import (
     NON_FINITE,
     NULL_VALUE,
     NULL_VECTOR,
     WRONG_LENGTH,
     VectorCheck,
+    kept_vectors,
     validate_vectors,
+    vector_detail,
 )
-from udl.config import InputConfig
-from udl.errors import InputDataError
-from udl.raw import RawBatch
-from udl.sources import Source
 
-__all__ = [
-    "REASONS",
-    "KeptDocs",
-    "SeenIds",
-    "Validator",
-    "describe_record",
-    "duplicate_error",
-    "first_valid_length",
-    "hash_ids",
-]
+__all__ = ["REASONS", "Validator"]
 
 VECTOR_REASONS = (NULL_VECTOR, WRONG_LENGTH, NULL_VALUE, NON_FINITE)
 # Reason codes of rows rejected by the validator, in order of precedence.
 REASONS = ("invalid_utf8", "empty_text", "missing_id", *VECTOR_REASONS, "duplicate_id")
 _CODE = {reason: code for code, reason in enumerate(REASONS, start=1)}
-DERIVED_ID_HEX = 20  # 80 bits of SHA-1: collisions are negligible below 10^11 documents
-
-
-def hash_ids(ids: pa.Array) -> NDArray[np.uint64]:
-    """64-bit hashes of string ids (SipHash with a fixed key: the same in every process)."""
-    return pd.util.hash_array(ids.to_numpy(zero_copy_only=False), categorize=False)
-
-
-class SeenIds:
-    """Set of 64-bit id hashes, each with the position of the document that holds it, as
-    sorted runs merged like a log-structured tree.
-
-    16 bytes an id (a Python dict of strings costs ~150), O(log n) runs to search, and each
-    hash is merged O(log n) times. Two distinct ids collide with probability about
-    n² / 2⁶⁵ (3e-8 for a million ids); a collision would reject the later row as a duplicate.
-    """
-
-    def __init__(self) -> None:
-        self.runs: list[tuple[NDArray[np.uint64], NDArray[np.int64]]] = []
-
-    def find(self, hashes: NDArray[np.uint64]) -> NDArray[np.int64]:
-        """The position added with each hash, or -1 for a hash not seen."""
-        found = np.full(len(hashes), -1, dtype=np.int64)
-        for run, positions in self.runs:
-            at = np.minimum(np.searchsorted(run, hashes), len(run) - 1)
-            hit = run[at] == hashes
-            found[hit] = positions[at[hit]]
-        return found
-
-    def contains(self, hashes: NDArray[np.uint64]) -> NDArray[np.bool_]:
-        """Whether each hash was seen."""
-        return self.find(hashes) >= 0
-
-    def add(self, hashes: NDArray[np.uint64], positions: NDArray[np.int64]) -> None:
-        """Remember `hashes` (not seen yet) with the positions of their documents."""
-        if not len(hashes):  # an empty run would break `find` (no last element)
-            return
-        order = np.argsort(hashes, kind="stable")
-        self.runs.append((hashes[order], np.asarray(positions, np.int64)[order]))
-        while len(self.runs) > 1 and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0]):
-            (last, last_at), (prev, prev_at) = self.runs.pop(), self.runs.pop()
-            merged, at = np.concatenate([prev, last]), np.concatenate([prev_at, last_at])
-            order = np.argsort(merged, kind="stable")
-            self.runs.append((merged[order], at[order]))
-
-
-class KeptDocs:
-    """Where each kept document came from (source name, row, line), in corpus order, so a
-    repeated id can name the record that kept it. 28 bytes a document: the id hash, row and
-    line, kept per batch; no line is -1."""
-
-    def __init__(self) -> None:
-        self.hashes: list[NDArray[np.uint64]] = []
-        self.rows: list[NDArray[np.int64]] = []
-        self.lines: list[NDArray[np.int64]] = []
-        self.sources: list[str] = []
-        self.starts: list[int] = []  # position of each batch's first document
-        self.count = 0
-
-    def add(self, source: str, hashes: NDArray[np.uint64], rows: pa.Array, lines: pa.Array) -> None:
-        """Append one batch of kept documents (`lines` may hold nulls)."""
-        if not len(hashes):
-            return
-        self.starts.append(self.count)
-        self.count += len(hashes)
-        self.sources.append(source)
-        self.hashes.append(hashes)
-        self.rows.append(rows.to_numpy(zero_copy_only=False).astype(np.int64))
-        self.lines.append(pc.fill_null(lines, -1).to_numpy(zero_copy_only=False).astype(np.int64))
-
-    def all_hashes(self) -> NDArray[np.uint64]:
-        """The id hash of every kept document, in corpus order."""
-        return np.concatenate([np.empty(0, np.uint64), *self.hashes])
-
-    def where(self, position: int) -> tuple[str, int, int | None]:
-        """Source name, row and line (None: none) of the document at `position`."""
-        batch = bisect.bisect_right(self.starts, position) - 1
-        offset = position - self.starts[batch]
-        line = int(self.lines[batch][offset])
-        return self.sources[batch], int(self.rows[batch][offset]), line if line >= 0 else None
-
-
-def duplicate_error(
-    url: str, doc_id: str, row: int, line: int | None, first: str
-) -> InputDataError:
-    """The error for a repeated id under `input.duplicate_ids="error"` (`first`: where the
-    id was first kept, from `describe_record`)."""
-    on = f" (line {line})" if line is not None else ""
-    return InputDataError(
-        url,
-        f"duplicate doc_id {doc_id!r}{on} repeats {first}; remove the repeat or set "
-        "input.duplicate_ids='reject' to keep the first row and reject the others",
-        row=row,
-    )
-
-
-def describe_record(source: str, row: int, line: int | None, here: str | None = None) -> str:
-    """``row 3 (line 7) of a.csv``; the file is left out when it is `here`."""
-    place = f"row {row}" + (f" (line {line})" if line is not None else "")
-    return place if source == here else f"{place} of {source}"
 
 
 def _decode(array: pa.Array) -> tuple[pa.Array, dict[int, str]]:
@@ -181,48 +71,11 @@ def _blank(array: pa.Array) -> NDArray[np.bool_]:
     return pc.fill_null(empty, True).to_numpy(zero_copy_only=False)
 
 
-def first_valid_length(column: pa.Array) -> int | None:
-    """Length of the first vector, in row order, that `validate_vectors` accepts at its own
-    length (None if there is none).
-
-    Args:
-        column: Arrow list array of numbers, one vector (or null) per row.
-    """
-    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
-    found: tuple[int, int] | None = None  # (row, length)
-    values, first = np.unique(lengths, return_index=True)
-    for row, length in sorted(zip(first.tolist(), values.tolist(), strict=True)):
-        if length == 0 or (found is not None and row > found[0]):
-            continue
-        good = validate_vectors(column, int(length)).good_rows
-        if len(good) and (found is None or good[0] < found[0]):
-            found = (int(good[0]), int(length))
-    return found[1] if found is not None else None
-
-
 def _vector_codes(check: VectorCheck, n: int) -> NDArray[np.int64]:
     """Reason code of each of `n` rows by their vector (0: a good vector)."""
     code = np.zeros(n, np.int64)
     code[check.reject_rows] = [_CODE[reason] for reason in check.reject_reasons]
     return code
-
-
-def _kept_vectors(check: VectorCheck, keep: NDArray[np.bool_]) -> pa.FixedSizeListArray:
-    """The vectors of the kept rows (each has a good vector) as the corpus `embedding` column."""
-    position = np.full(len(keep), -1, np.int64)
-    position[check.good_rows] = np.arange(len(check.good_rows))
-    flat = check.vectors[position[keep]].reshape(-1)
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), check.dim)
-
-
-def _vector_detail(vectors: pa.Array, i: int, reason: str, dim: int) -> str:
-    if reason == NULL_VECTOR:
-        return "the vector is null"
-    if reason == WRONG_LENGTH:
-        return f"{len(vectors[i])} values, expected {dim}"
-    if reason == NULL_VALUE:
-        return "a value is null"
-    return "a value is NaN or infinite (as float32)"
 
 
 def _raw_text(array: pa.Array, i: int, limit: int) -> str | None:
@@ -293,7 +146,7 @@ class Validator:
         truncated = pc.greater(lengths, self.config.max_chars)
         self.truncated += pc.sum(truncated).as_py() or 0
         rows = pa.array(batch.rows, pa.int64()).filter(keep)
-        doc_ids = ids.filter(keep) if ids is not None else _derived_ids(source, rows, good_text)
+        doc_ids = ids.filter(keep) if ids is not None else derived_ids(source, rows, good_text)
         good = {
             S.DOC_ID: doc_ids,
             S.TEXT: pc.utf8_slice_codeunits(good_text, 0, self.config.max_chars),
@@ -305,7 +158,7 @@ class Validator:
             if name != S.DOC_ID and array is not None:
                 good[name] = array.filter(keep)
         if vectors is not None:
-            good[S.EMBEDDING] = _kept_vectors(vectors, code == 0)
+            good[S.EMBEDDING] = kept_vectors(vectors, code == 0)
         table = pa.Table.from_pydict({f.name: good[f.name] for f in self.schema}, self.schema)
         self.kept.add(source.name, hash_ids(doc_ids), rows, _lines(batch).filter(keep))
         return table, self._rejects(source, batch, code, (text, ids), details)
@@ -377,7 +230,7 @@ class Validator:
         if reason in VECTOR_REASONS:
             assert batch.vectors is not None and self.dim is not None
             # The offending value is the vector; JSON writes NaN and Infinity literally.
-            detail = _vector_detail(batch.vectors, i, reason, self.dim)
+            detail = vector_detail(batch.vectors, i, reason, self.dim)
             raw = json.dumps(batch.vectors[i].as_py()) if reason != NULL_VECTOR else None
         elif reason == "empty_text":
             detail = _blank_detail(self._where(source, S.TEXT), text[i].as_py())
@@ -431,13 +284,3 @@ def _lines(batch: RawBatch) -> pa.Array:
     if batch.lines is None:
         return pa.nulls(len(batch.rows), pa.int64())
     return pa.array(batch.lines, pa.int64())
-
-
-def _derived_ids(source: Source, rows: pa.Array, texts: pa.Array) -> pa.Array:
-    """Stable ids from source name, row number and full text: identical across reruns."""
-    prefix = f"{source.name}\x00".encode()
-    ids = [
-        hashlib.sha1(prefix + f"{row}\x00{text}".encode()).hexdigest()[:DERIVED_ID_HEX]
-        for row, text in zip(rows.to_pylist(), texts.to_pylist(), strict=True)
-    ]
-    return pa.array(ids, pa.string())

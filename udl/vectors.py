@@ -1,4 +1,6 @@
-"""Check user-supplied embedding vectors (an Arrow list column) before they are clustered.
+"""Check user-supplied embedding vectors (an Arrow list column) at ingest, before they are
+clustered: the ingest step's validator rejects bad rows with these reasons, and decides the
+corpus's dimension from the first valid vector when it is not configured.
 
 Every row ends up either among the good vectors or among the rejects with a reason code, so
 no row is dropped silently. Reasons, checked in this order (a row gets the first that applies):
@@ -27,7 +29,10 @@ __all__ = [
     "NULL_VECTOR",
     "WRONG_LENGTH",
     "VectorCheck",
+    "first_valid_length",
+    "kept_vectors",
     "validate_vectors",
+    "vector_detail",
 ]
 
 NULL_VECTOR = "null_vector"
@@ -129,3 +134,41 @@ def _common_length(kind: pa.DataType, lengths: NDArray[np.int64]) -> int:
         return int(kind.list_size)
     positive = lengths[lengths > 0]
     return int(np.argmax(np.bincount(positive))) if positive.size else 1
+
+
+def first_valid_length(column: pa.Array) -> int | None:
+    """Length of the first vector, in row order, that `validate_vectors` accepts at its own
+    length (None if there is none).
+
+    Args:
+        column: Arrow list array of numbers, one vector (or null) per row.
+    """
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+    found: tuple[int, int] | None = None  # (row, length)
+    values, first = np.unique(lengths, return_index=True)
+    for row, length in sorted(zip(first.tolist(), values.tolist(), strict=True)):
+        if length == 0 or (found is not None and row > found[0]):
+            continue
+        good = validate_vectors(column, int(length)).good_rows
+        if len(good) and (found is None or good[0] < found[0]):
+            found = (int(good[0]), int(length))
+    return found[1] if found is not None else None
+
+
+def kept_vectors(check: VectorCheck, keep: NDArray[np.bool_]) -> pa.FixedSizeListArray:
+    """The vectors of the kept rows (each has a good vector) as the corpus `embedding` column."""
+    position = np.full(len(keep), -1, np.int64)
+    position[check.good_rows] = np.arange(len(check.good_rows))
+    flat = check.vectors[position[keep]].reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), check.dim)
+
+
+def vector_detail(vectors: pa.Array, i: int, reason: str, dim: int) -> str:
+    """The reject detail of row `i`'s vector, rejected for `reason`."""
+    if reason == NULL_VECTOR:
+        return "the vector is null"
+    if reason == WRONG_LENGTH:
+        return f"{len(vectors[i])} values, expected {dim}"
+    if reason == NULL_VALUE:
+        return "a value is null"
+    return "a value is NaN or infinite (as float32)"
