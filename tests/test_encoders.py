@@ -31,7 +31,7 @@ from udl.config import (
     PreprocessConfig,
 )
 from udl.corpus import ingest
-from udl.datasets import ENCODER_DIR, aligned_parts, read_embeddings
+from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_DIR, aligned_parts, read_embeddings
 from udl.embed import embed_corpus, load_encoder, make_encoder, read_documents
 from udl.encoders.attention import AttentionEncoder
 from udl.encoders.base import DocumentBatch
@@ -270,6 +270,21 @@ def test_warm_start_from_a_folder_without_checkpoint(run: Run, tmp_path: Path) -
         make_encoder(
             TINY.model_copy(update={"warm_start": str(tmp_path)}), PREPROCESS, run.models, 0
         )
+
+
+def test_warm_start_from_another_kind_names_both_kinds(
+    run: Run, docs: DocumentBatch, tmp_path: Path
+) -> None:
+    _fitted(run, docs, "autoencoder").save(tmp_path)
+    attention = TINY.model_copy(update={"kind": "attention", "warm_start": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"holds a 'autoencoder' encoder but encoder.kind is"):
+        make_encoder(attention, PREPROCESS, run.models, 0)
+
+
+def test_a_checkpoint_of_an_unknown_kind_lists_the_known_ones(tmp_path: Path) -> None:
+    (tmp_path / ENCODER_CONFIG_FILE).write_text(json.dumps({"kind": "word2vec"}))
+    with pytest.raises(ConfigError, match=r"'word2vec'.*known: attention, autoencoder"):
+        load_encoder(tmp_path)
 
 
 # --- DEC -------------------------------------------------------------------------------------
