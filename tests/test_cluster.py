@@ -535,6 +535,10 @@ def test_every_clusterer_refuses_to_assign_before_fit(algorithm: str) -> None:
     clusterer = make_clusterer(ClusterConfig(algorithm=algorithm), seed=0)
     with pytest.raises(NotFittedError):
         clusterer.assign(np.zeros((2, 4), np.float32), np.ones(2, np.bool_), 0)
+    with pytest.raises(NotFittedError):
+        clusterer.parameters()
+    with pytest.raises(NotFittedError):
+        clusterer.setting()
 
 
 @pytest.mark.parametrize(

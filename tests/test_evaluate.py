@@ -10,14 +10,13 @@ from sklearn import metrics as skm
 from sklearn.datasets import make_blobs
 from sklearn.preprocessing import normalize
 
+from udl.compare import compare_runs, match_clusters
 from udl.evaluate import (
     ContingencyCounter,
     cluster_accuracy,
-    compare_runs,
     contingency_scores,
     internal_scores,
     label_metrics,
-    match_clusters,
 )
 
 SKLEARN_LABEL_SCORES = {

@@ -30,7 +30,7 @@ from udl import schema as S
 from udl.config import PipelineConfig, PreprocessConfig, ReportConfig
 from udl.datasets import RunLayout, mark_latest
 from udl.features import compute_features
-from udl.report import build_report, previous_run
+from udl.report import build_report
 from udl.storage import write_json_atomic, write_part
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +180,8 @@ def report(tmp_path_factory: pytest.TempPathFactory):
     second, docs, distance = write_run(
         output, "run-2", ["cooking", "astronomy", "gardening"], n_parts=3, seed=1
     )
-    return build_report(second, CONFIG, STEPS, undefined=StrictUndefined), second, docs, distance
+    result = build_report(second, CONFIG, STEPS, previous=first, undefined=StrictUndefined)
+    return result, second, docs, distance
 
 
 def test_keywords_are_the_topic_words_6(report) -> None:
@@ -275,20 +276,12 @@ def test_comparison_with_previous_run_6(report) -> None:
     assert [row["size"] for row in result.cluster_rows()] == [40, 40, 40]
 
 
-def test_previous_run_lookup_6(tmp_path: Path) -> None:
-    first, second = RunLayout(tmp_path, "a"), RunLayout(tmp_path, "b")
-    assert previous_run(second) is None  # no latest yet
-    (first.report).mkdir(parents=True)
-    (first.report / "metrics.json").write_text("{}")
-    mark_latest(first)
-    assert previous_run(second) == first
-    # After "b" marked itself latest, a rebuilt report keeps comparing with "a".
-    second.report.mkdir(parents=True)
-    (second.report / "metrics.json").write_text(
-        json.dumps({"comparison": {"previous_run_id": "a"}})
-    )
-    mark_latest(second)
-    assert previous_run(second) == first
+def test_a_previous_run_without_a_report_is_not_compared_and_says_so(tmp_path: Path) -> None:
+    first, _, _ = write_run(tmp_path, "run-1", ["cooking", "astronomy", "football"], n_parts=1)
+    second, _, _ = write_run(tmp_path, "run-2", ["cooking", "astronomy", "football"], n_parts=1)
+    metrics = build_report(second, CONFIG, STEPS, previous=first).metrics
+    assert "comparison" not in metrics
+    assert any("Not compared with the previous run run-1" in w for w in metrics["warnings"])
 
 
 def _copy_runs(report, tmp_path: Path) -> RunLayout:

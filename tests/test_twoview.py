@@ -20,6 +20,7 @@ from udl.config import EncoderConfig, InputConfig, PreprocessConfig, TwoViewConf
 from udl.corpus import ingest
 from udl.datasets import read_embeddings
 from udl.embed import embed_corpus, load_encoder, make_encoder, read_documents
+from udl.encoders import twoview
 from udl.encoders.base import DocumentBatch, resolve_device
 from udl.encoders.teacher import Teacher, cache_dir
 from udl.encoders.twoview import TwoViewEncoder
@@ -143,6 +144,21 @@ def test_same_seed_same_vectors(run: Path, fitted: TwoViewEncoder) -> None:
     docs, _ = _documents(run)
     again = _fit(run)
     assert np.array_equal(fitted.transform(docs)[0], again.transform(docs)[0])
+
+
+def test_vectors_do_not_depend_on_the_thread_count(
+    run: Path, fitted: TwoViewEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small chunks, so that several run at once on several threads.
+    monkeypatch.setattr(twoview, "INFERENCE_CHUNK", 64)
+    docs, _ = _documents(run)
+    one = fitted.encode(docs)
+    torch.set_num_threads(4)
+    try:
+        four = fitted.encode(docs)
+    finally:
+        torch.set_num_threads(1)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(one, four, strict=True))
 
 
 def test_checkpoint_round_trip_with_weights_only(

@@ -1,7 +1,8 @@
 """The embedding step: train an encoder on a sample of the corpus, then embed every part.
 
-Training reads only the sampled rows; inference streams part by part, so memory is bounded by
-the sample and one part, whatever the corpus size.
+Training reads only the sampled rows; inference streams part by part (the next part read and
+the previous one written while one is embedded), so memory is bounded by the sample and three
+parts, whatever the corpus size.
 
 A corpus ingested with supplied vectors (`input.embedding_column`, the corpus column
 `embedding`) trains no encoder: `copy_embeddings` writes those vectors, L2-normalised if
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +155,11 @@ def make_encoder(
     """
     if config.warm_start is not None:
         previous = load_encoder(Path(config.warm_start), config.device)
+        if previous.kind == PretrainedEncoder.kind:
+            raise ConfigError(
+                f"encoder.warm_start={config.warm_start!r} holds a 'pretrained' encoder, which "
+                "has no trained weights; name a trained encoder's checkpoint"
+            )
         if previous.kind != config.kind:
             raise ConfigError(
                 f"encoder.warm_start={config.warm_start!r} holds a {previous.kind!r} encoder but "
@@ -171,7 +178,7 @@ def load_encoder(folder: Path, device: str | None = None) -> Encoder:
         device: overrides the saved device setting.
 
     Raises:
-        ConfigError: `folder` holds no checkpoint.
+        ConfigError: `folder` holds no checkpoint, or one of a kind this udl does not know.
     """
     config_file = folder / ENCODER_CONFIG_FILE
     if not config_file.is_file():
@@ -193,18 +200,22 @@ def write_embeddings(
 ) -> tuple[int, int]:
     """Embed every document part by part into `embeddings_dir` (atomic).
 
-    Memory is bounded by one part: parts are read, embedded and written one at a time, and
-    part i of the output holds the documents of part i of the corpus, in order. The pretrained
-    encoder reads the text itself, so for it every document has features.
+    Memory is bounded by three parts: part k + 1 is read and part k - 1 written on background
+    threads while part k is embedded, and part i of the output holds the documents of part i
+    of the corpus, in order. The pretrained encoder reads the text itself, so for it every
+    document has features.
 
     Returns:
         The number of documents, and how many of them have no features.
     """
     n_docs = n_empty = 0
-    with atomic_dir(embeddings_dir) as out, BackgroundWriter() as writer:
-        # Reading part k + 1 and writing part k - 1 overlap embedding part k.
-        parts = aligned_parts(corpus_dir, features_dir)
-        documents = read_ahead(lambda part: read_documents(*part, n_features), parts)
+    parts = aligned_parts(corpus_dir, features_dir)
+    # Reading part k + 1 and writing part k - 1 overlap embedding part k; a failure stops both.
+    with (
+        atomic_dir(embeddings_dir) as out,
+        BackgroundWriter() as writer,
+        closing(read_ahead(lambda part: read_documents(*part, n_features), parts)) as documents,
+    ):
         for index, (doc_ids, docs) in enumerate(
             tqdm(documents, total=len(parts), desc="embed", unit="part", disable=None)
         ):

@@ -16,22 +16,17 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from jinja2 import Environment, PackageLoader, Undefined
+from jinja2 import Undefined
 from numpy.typing import NDArray
 
+from udl.compare import compare_runs
 from udl.config import PipelineConfig
 from udl.datasets import RunLayout, read_vocabulary
 from udl.describe import ClusterDescriber, Description
-from udl.evaluate import (
-    Contingency,
-    InternalScores,
-    compare_runs,
-    contingency_scores,
-    internal_scores,
-)
+from udl.evaluate import Contingency, InternalScores, contingency_scores, internal_scores
 from udl.figures import (
     WIDE_INCHES,
     plot_confusion,
@@ -41,8 +36,8 @@ from udl.figures import (
     to_png,
 )
 from udl.lineage import space_of
+from udl.report_html import HEADLINE, Figure, changes_sentence, render_html
 from udl.report_inputs import (
-    NO_FEATURES_REASON,
     Sample,
     read_alignment,
     read_centroids,
@@ -52,21 +47,9 @@ from udl.report_inputs import (
 )
 from udl.storage import read_json, write_json_atomic
 
-__all__ = ["ReportResult", "build_report", "previous_run"]
+__all__ = ["ReportResult", "build_report"]
 
 log = logging.getLogger(__name__)
-
-HEADLINE = ("silhouette", "calinski_harabasz", "davies_bouldin", "nmi", "ari", "acc")
-METRIC_NOTES = {
-    "silhouette": "−1…1, higher is better (sample, the clustering's metric)",
-    "calinski_harabasz": "higher is better (sample)",
-    "davies_bouldin": "≥ 0, lower is better (sample)",
-    "nmi": "normalised mutual information with the labels, 0…1",
-    "ari": "adjusted Rand index with the labels, ~0 for chance, 1 perfect",
-    "acc": "accuracy under the best one-to-one cluster→label matching (Hungarian)",
-    "homogeneity": "each cluster holds one label, 0…1",
-    "completeness": "each label sits in one cluster, 0…1",
-}
 
 
 @dataclass(frozen=True)
@@ -107,7 +90,10 @@ class ReportResult:
                 change = f"{deltas[name]['delta']:+.4f}" if name in deltas else ""
                 lines.append(f"| {name} | {m[name]:.4f} | {change} |")
         if changes := m.get("comparison"):
-            lines += ["", f"Compared with run `{changes['previous_run_id']}`: {_changes(changes)}"]
+            lines += [
+                "",
+                f"Compared with run `{changes['previous_run_id']}`: {changes_sentence(changes)}",
+            ]
         lines += [
             "",
             f"Report: [{self.html_path.name}]({self.html_path.resolve().as_uri()})  ",
@@ -128,34 +114,6 @@ class ReportResult:
         ]
 
 
-def _changes(comparison: dict[str, Any]) -> str:
-    if comparison["matched_by"] == "none":
-        return f"clusters not compared ({comparison['note']})."
-    return (
-        f"{len(comparison['appeared'])} clusters appeared, {len(comparison['vanished'])} "
-        f"vanished, {len(comparison['moved'])} moved."
-    )
-
-
-def previous_run(layout: RunLayout) -> RunLayout | None:
-    """The run ``<output_dir>/latest`` points to, when it is another run with a report.
-
-    Call it before this run marks itself latest. If it already has (the report is rebuilt
-    after a resume), the run that the first report compared with is used again.
-    """
-    if not layout.latest.is_dir():
-        return None
-    run_id = layout.latest.resolve().name
-    if run_id == layout.run_id:
-        own = layout.metrics
-        earlier = (read_json(own).get("comparison") or {}) if own.exists() else {}
-        run_id = earlier.get("previous_run_id", layout.run_id)
-    previous = RunLayout(layout.output_dir, run_id)
-    if run_id == layout.run_id or not previous.metrics.exists():
-        return None
-    return previous
-
-
 def _warnings(steps: dict[str, dict[str, Any]], own: list[str]) -> list[str]:
     """Every step's warnings (contract: a step record's ``warnings``), then the report's own,
     each once and in order; the report's own are logged here."""
@@ -171,91 +129,6 @@ def _anomaly_threshold(sample: NDArray[np.float32], fraction: float) -> float:
     """Score of the top `fraction` of the sample (exact when the sample is the corpus)."""
     n_flagged = round(fraction * len(sample))
     return float(np.sort(sample)[-n_flagged]) if n_flagged else float("inf")
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "–" if value is None else str(value)
-
-
-def _delta_rows(comparison: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
-    """(name, previous, current, change, verdict) per compared metric; counts get no verdict."""
-    rows = []
-    for name, d in comparison["metric_deltas"].items():
-        delta, verdict = d["delta"], ""
-        if name in METRIC_NOTES and delta:
-            verdict = "better" if (delta > 0) == (name != "davies_bouldin") else "worse"
-        change = f"{delta:+.4f}" if isinstance(delta, float) else f"{delta:+d}"
-        rows.append((name, _fmt(d["previous"]), _fmt(d["current"]), change, verdict))
-    return rows
-
-
-MATCHED_BY = {
-    "alignment": "the clustering step's alignment (models/alignment.json)",
-    "centroids": (
-        "Hungarian matching of the two runs' centroids (meaningful when both runs embed with "
-        "the same encoder)"
-    ),
-    "none": "nothing",
-}
-
-
-def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(name, value, about) of each metric present; a missing value says why it is missing."""
-    rows = []
-    for name, note in METRIC_NOTES.items():
-        if name not in metrics:
-            continue
-        value = metrics[name]
-        if value is None and metrics.get("internal_metrics_reason"):
-            note = f"not computed: {metrics['internal_metrics_reason']}"
-        rows.append((name, _fmt(value), note))
-    return rows
-
-
-@dataclass(frozen=True)
-class _Figure:
-    """One figure of the report: caption, base64 PNG, and whether it spans the page width."""
-
-    caption: str
-    png: str
-    wide: bool
-
-
-def _render(
-    result: ReportResult,
-    figures: list[_Figure],
-    silhouettes: dict[int, float],
-    config: PipelineConfig,
-    undefined: type[Undefined],
-) -> None:
-    """Write the HTML with autoescaping on (document text is untrusted)."""
-    metrics, comparison = result.metrics, result.metrics.get("comparison")
-    candidates = metrics["selection"].get("candidates", [])
-    env = Environment(
-        loader=PackageLoader("udl", "templates"), autoescape=True, undefined=undefined
-    )
-    env.filters["fmt"] = _fmt
-    html = env.get_template("report.html").render(
-        run_id=result.run_id,
-        metrics=metrics,
-        headline=HEADLINE,
-        metric_rows=_metric_rows(metrics),
-        selection=candidates,
-        selection_columns=list(dict.fromkeys(name for c in candidates for name in c)),
-        comparison=comparison,
-        delta_rows=_delta_rows(comparison) if comparison else [],
-        matched_by_text=MATCHED_BY[comparison["matched_by"] if comparison else "none"],
-        figures=figures,
-        description=result.description,
-        silhouettes=silhouettes,
-        outlier_fraction=config.report.outlier_fraction,
-        no_features_reason=NO_FEATURES_REASON,
-    )
-    tmp = result.html_path.with_suffix(".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(result.html_path)
 
 
 def _compare(layout: RunLayout, previous: RunLayout, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -284,7 +157,7 @@ def _figures(
     contingency: Contingency | None,
     config: PipelineConfig,
     metric: str,
-) -> tuple[list[_Figure], int]:
+) -> tuple[list[Figure], int]:
     """Every figure, and how many documents the map shows."""
     seed = config.runtime.seed
     size = min(config.report.map_sample, len(sample.x))
@@ -307,7 +180,7 @@ def _figures(
     if contingency is not None and contingency.counts.size:
         plots.append(("Labels × clusters (all labelled documents)", plot_confusion(contingency)))
     figures = [
-        _Figure(caption, to_png(fig), fig.get_figwidth() >= WIDE_INCHES) for caption, fig in plots
+        Figure(caption, to_png(fig), fig.get_figwidth() >= WIDE_INCHES) for caption, fig in plots
     ]
     return figures, size
 
@@ -316,7 +189,7 @@ def build_report(
     layout: RunLayout,
     config: PipelineConfig,
     steps: dict[str, dict[str, Any]],
-    previous: RunLayout | Literal["latest"] | None = "latest",
+    previous: RunLayout | None = None,
     undefined: type[Undefined] = Undefined,
 ) -> ReportResult:
     """Evaluate a finished run, write ``report/metrics.json`` and ``report/index.html``.
@@ -326,8 +199,8 @@ def build_report(
         config: the run's configuration.
         steps: step records (ingest … cluster) with their ``seconds``, chosen values and
             ``warnings``.
-        previous: the run to compare with; ``"latest"`` looks it up (`previous_run`), so call
-            this before the run marks itself latest; None compares with nothing.
+        previous: the run this one follows (`udl.lineage.pin_previous_run`), compared with
+            when it has a report; None compares with nothing.
         undefined: what the template does with a missing value; tests pass
             `jinja2.StrictUndefined` so that one fails there rather than in front of a user.
 
@@ -355,10 +228,14 @@ def build_report(
         "label_metrics": metrics.get("n_labelled", 0),
         "sizes_keywords_representatives": metrics["n_docs"],
     }
-    previous_layout = previous_run(layout) if previous == "latest" else previous
-    if previous_layout is not None:
-        metrics["comparison"] = _compare(layout, previous_layout, metrics)
     own = [f"Internal scores are not computed: {scores.reason}."] if scores.reason else []
+    if previous is not None and previous.metrics.exists():
+        metrics["comparison"] = _compare(layout, previous, metrics)
+    elif previous is not None:
+        own.append(
+            f"Not compared with the previous run {previous.run_id}: it has no report "
+            f"({previous.metrics} is missing)."
+        )
     metrics["warnings"] = _warnings(steps, own)
     # The report's own time, up to its HTML: the timings table would otherwise miss a step.
     metrics["timings"]["report"] = time.perf_counter() - started
@@ -370,7 +247,16 @@ def build_report(
         layout.metrics,
     )
     write_json_atomic(result.metrics_path, metrics)
-    _render(result, figures, scores.per_cluster(), config, undefined)
+    render_html(
+        result.html_path,
+        result.run_id,
+        metrics,
+        description,
+        figures,
+        scores.per_cluster(),
+        config.report.outlier_fraction,
+        undefined,
+    )
     log.info("report written to %s", layout.report)
     return result
 

@@ -240,14 +240,17 @@ def sample_rows(
         (part position, sorted row numbers within that part) for each part with sampled rows;
         reading only those rows keeps memory bounded by the sample.
     """
+    rng = np.random.default_rng(seed)
     if eligible is None:
-        eligible = [np.ones(pq.ParquetFile(p).metadata.num_rows, np.bool_) for p in parts]
-    sizes = np.array([len(mask) for mask in eligible], np.int64)
-    positions = np.flatnonzero(np.concatenate(eligible)) if eligible else np.zeros(0, np.int64)
-    drawn = np.random.default_rng(seed).choice(
-        len(positions), size=min(size, len(positions)), replace=False
-    )
-    chosen = positions[np.sort(drawn)]
+        # Every row: the same draw as over a mask of all True, in memory of the sample's size.
+        sizes = np.array([pq.ParquetFile(p).metadata.num_rows for p in parts], np.int64)
+        total = int(sizes.sum())
+        chosen = np.sort(rng.choice(total, size=min(size, total), replace=False))
+    else:
+        sizes = np.array([len(mask) for mask in eligible], np.int64)
+        positions = np.flatnonzero(np.concatenate(eligible)) if eligible else np.zeros(0, np.int64)
+        drawn = rng.choice(len(positions), size=min(size, len(positions)), replace=False)
+        chosen = positions[np.sort(drawn)]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     picks = []
     for i in range(len(parts)):

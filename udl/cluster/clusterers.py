@@ -12,6 +12,7 @@ document with features among them. A new clusterer implements `Clusterer` and re
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol, Self
 
 import numpy as np
@@ -189,14 +190,19 @@ class DBSCANClusterer:
         self.centroids_ = _centroids_of(x, result.labels, result.n_clusters, config.metric)
         return self
 
-    def assign(self, x: NDArray[np.float32], featured: NDArray[np.bool_], offset: int) -> Assigned:
+    def _fitted(self) -> NDArray[np.int32]:
         if self.labels_ is None:
             raise NotFittedError("DBSCANClusterer used before fit")
+        return self.labels_
+
+    def assign(self, x: NDArray[np.float32], featured: NDArray[np.bool_], offset: int) -> Assigned:
+        fitted = self._fitted()
         labels = np.full(len(x), -1, np.int32)
-        labels[featured] = self.labels_[offset : offset + int(featured.sum())]
+        labels[featured] = fitted[offset : offset + int(featured.sum())]
         return (labels, *_distances(x, labels, self.centroids_, self.config.metric))
 
     def parameters(self) -> dict[str, Any]:
+        self._fitted()
         return {
             "k": None,
             "eps": self.eps_,
@@ -205,11 +211,12 @@ class DBSCANClusterer:
         }
 
     def setting(self) -> str:
+        self._fitted()
         auto = " chosen automatically" if self.selection_ else ""
         return f"eps={self.eps_:.3g}{auto}, min_samples={self.config.min_samples}"
 
 
-CLUSTERERS: dict[str, type[KMeansClusterer | DBSCANClusterer]] = {
+CLUSTERERS: dict[str, Callable[[ClusterConfig, int], Clusterer]] = {
     "kmeans": KMeansClusterer,
     "dbscan": DBSCANClusterer,
 }

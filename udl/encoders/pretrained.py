@@ -36,7 +36,7 @@ from udl.encoders.base import (
     subspace_distance,
 )
 from udl.encoders.dec import DECResult, InitialClusters, refine
-from udl.encoders.teacher import load_sentence_model, resolve_model_path
+from udl.encoders.teacher import load_sentence_model, resolve_model_path, transformer_batch
 from udl.encoders.training import TrainingResult, autocast
 from udl.encoders.views import unit_rows
 from udl.errors import ConfigError, NotFittedError
@@ -101,7 +101,7 @@ class PretrainedEncoder:
         with torch.no_grad(), autocast(self.device):
             vectors = self.model.encode(
                 texts,
-                batch_size=self.config.batch_size,
+                batch_size=transformer_batch(self.device, self.config.batch_size),
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )

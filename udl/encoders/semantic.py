@@ -69,18 +69,15 @@ class WholeTextTokenizer:
     """The teacher's `tokenizers` tokenizer without truncation or padding, dropping [UNK]."""
 
     def __init__(self, tokenizer_json: str) -> None:
+        from tokenizers import Tokenizer
+
         self.tokenizer_json = tokenizer_json
-        self._tokenizer = None
+        self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
 
     def __call__(self, texts: list[str]) -> TokenBatch:
         """Known token ids of every text, whole; unknown pieces are dropped."""
-        if self._tokenizer is None:
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_str(self.tokenizer_json)
-            tokenizer.no_truncation()
-            tokenizer.no_padding()
-            self._tokenizer = tokenizer
         unknown = self._tokenizer.token_to_id("[UNK]")
         encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
         ids = [np.asarray(e.ids, np.int64) for e in encodings]
