@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from udl.cluster._checks import Metric
 from udl.cluster.align import match_centroids
 
-__all__ = ["ClusterChanges", "ClusterMatch", "compare_runs", "match_clusters"]
+__all__ = ["COMPARED", "ClusterChanges", "ClusterMatch", "compare_runs", "match_clusters"]
 
 
 @dataclass(frozen=True)

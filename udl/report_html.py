@@ -9,12 +9,14 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, Undefined
 
+from udl.compare import COMPARED
 from udl.describe import Description
 from udl.report_inputs import NO_FEATURES_REASON
 
 __all__ = ["HEADLINE", "METRIC_NOTES", "Figure", "changes_sentence", "render_html"]
 
-HEADLINE = ("silhouette", "calinski_harabasz", "davies_bouldin", "nmi", "ari", "acc")
+# The scores the page and the run summary lead with: the first of those compared between runs.
+HEADLINE = COMPARED[:6]
 METRIC_NOTES = {
     "silhouette": "−1…1, higher is better (sample, the clustering's metric)",
     "calinski_harabasz": "higher is better (sample)",
