@@ -127,8 +127,9 @@ def test_run_killed_during_embedding_resumes_there(cli_run: Path, small_corpus: 
         start_new_session=True,
     )
     try:
-        # The cache record is what a rerun trusts; it is written just after the step returns.
-        _wait_for(run_dir / "cache", "preprocess-*", process)
+        # The cache record is what a rerun trusts; it is written just after the step returns,
+        # and not atomically (Prefect opens the final path), so wait until it is whole.
+        _wait_for_record(run_dir / "cache", "preprocess-*", process)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
@@ -141,14 +142,22 @@ def test_run_killed_during_embedding_resumes_there(cli_run: Path, small_corpus: 
     pd.testing.assert_frame_equal(_assignments(cli_run), _assignments(run_dir))
 
 
-def _wait_for(
+def _wait_for_record(
     folder: Path, pattern: str, process: subprocess.Popen, timeout: float = 240.0
 ) -> None:
     deadline = time.monotonic() + timeout
-    while not (folder.is_dir() and list(folder.glob(pattern))):
+    while not (folder.is_dir() and any(_is_whole(p) for p in folder.glob(pattern))):
         assert process.poll() is None, f"udl run exited early with {process.returncode}"
         assert time.monotonic() < deadline, f"{folder}/{pattern} missing after {timeout} s"
         time.sleep(0.02)
+
+
+def _is_whole(record: Path) -> bool:
+    try:
+        json.loads(record.read_bytes())
+    except ValueError:
+        return False
+    return True
 
 
 def test_recluster_reuses_embeddings_without_touching_the_source(cli_run: Path) -> None:

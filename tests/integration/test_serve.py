@@ -36,6 +36,19 @@ START_DEADLINE_S = 180
 RUN_DEADLINE_S = 300
 
 
+class Api(httpx.Client):
+    """A client of the test server that retries what the Prefect client retries: a 503 is the
+    server's answer to a busy SQLite database (seen in CI while a run was writing its logs)."""
+
+    def request(self, *args: Any, **kwargs: Any) -> httpx.Response:
+        for attempt in range(10):
+            response = super().request(*args, **kwargs)
+            if response.status_code != 503:
+                break
+            time.sleep(0.5 * (attempt + 1))
+        return response
+
+
 def _free_port() -> int:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         return probe.getsockname()[1]
@@ -96,7 +109,7 @@ def nightly_config(small_corpus: Path, tmp_path: Path) -> Path:
     return path
 
 
-def _deployment(api: httpx.Client, name: str) -> dict[str, Any] | None:
+def _deployment(api: Api, name: str) -> dict[str, Any] | None:
     response = api.get(f"/deployments/name/udl-pipeline/{name}")
     return response.json() if response.status_code == 200 else None
 
@@ -111,7 +124,7 @@ def serving(env: dict[str, str], config: Path, name: str, *options: str) -> Iter
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_DEADLINE_S
-        with httpx.Client(base_url=env["PREFECT_API_URL"], timeout=10) as api:
+        with Api(base_url=env["PREFECT_API_URL"], timeout=10) as api:
             while (deployment := _deployment(api, name)) is None:
                 assert process.poll() is None, f"udl serve exited:\n{log.read_text()[-3000:]}"
                 assert time.monotonic() < deadline, "udl serve registered no deployment"
@@ -126,7 +139,7 @@ def serving(env: dict[str, str], config: Path, name: str, *options: str) -> Iter
             pytest.fail(f"udl serve ignored SIGTERM:\n{log.read_text()[-3000:]}")
 
 
-def _wait_for_final_state(api: httpx.Client, flow_run_id: str) -> dict[str, Any]:
+def _wait_for_final_state(api: Api, flow_run_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + RUN_DEADLINE_S
     while (run := api.get(f"/flow_runs/{flow_run_id}").json())["state_type"] not in FINAL_STATES:
         assert time.monotonic() < deadline, f"flow run still {run['state_type']}"
@@ -145,7 +158,7 @@ def _assert_clustered(config: Path, corpus: Path) -> None:
     assert (output / "latest" / "report" / "index.html").is_file()
 
 
-def _started_scheduled_run(api: httpx.Client, deployment: str) -> dict[str, Any]:
+def _started_scheduled_run(api: Api, deployment: str) -> dict[str, Any]:
     deadline = time.monotonic() + 150  # the next minute boundary, behind a triggered run
     body = {"deployments": {"id": {"any_": [deployment]}}}
     while True:
@@ -161,7 +174,7 @@ def test_triggered_and_scheduled_runs_complete(
     server_env: dict[str, str], nightly_config: Path, small_corpus: Path
 ) -> None:
     with (
-        httpx.Client(base_url=server_env["PREFECT_API_URL"], timeout=30) as api,
+        Api(base_url=server_env["PREFECT_API_URL"], timeout=30) as api,
         serving(
             server_env, nightly_config, "every-minute", "--cron", "* * * * *", "--pause-on-shutdown"
         ) as deployment,
@@ -171,7 +184,7 @@ def test_triggered_and_scheduled_runs_complete(
         _wait_for_final_state(api, response.json()["id"])
         _assert_clustered(nightly_config, small_corpus)
         _wait_for_final_state(api, _started_scheduled_run(api, deployment)["id"])
-    with httpx.Client(base_url=server_env["PREFECT_API_URL"], timeout=30) as api:
+    with Api(base_url=server_env["PREFECT_API_URL"], timeout=30) as api:
         assert api.get(f"/deployments/{deployment}").json()["paused"] is True
 
 
@@ -180,7 +193,7 @@ def test_stopping_serve_leaves_the_schedule_active(
 ) -> None:
     with serving(server_env, nightly_config, "nightly-clustering") as deployment:
         pass
-    with httpx.Client(base_url=server_env["PREFECT_API_URL"], timeout=30) as api:
+    with Api(base_url=server_env["PREFECT_API_URL"], timeout=30) as api:
         stopped = api.get(f"/deployments/{deployment}").json()
     assert stopped["paused"] is False
     assert [s["active"] for s in stopped["schedules"]] == [True]
