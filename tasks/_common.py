@@ -1,11 +1,11 @@
 """What every step task shares: the retry policy, the cache, and the step record.
 
-Caching: the flow computes each step's key from the upstream step's key, the step's config
-and the code version (`udl.fingerprint.step_key`); the task's cache key *is* that key, and
-its result (the small step record) is persisted as JSON inside the run folder. Rerunning a
-completed run therefore does no work (every task is a cache hit) and rerunning a failed run
-resumes at the step that failed. Outputs are Parquet under the run folder; Prefect only ever
-sees paths and row counts.
+Caching: each step's key comes from `udl.lineage` (the upstream step's key, the step's
+config and the code version, hashed by `udl.fingerprint.step_key`); the task's cache key *is*
+that key, and its result (the small step record) is persisted as JSON inside the run folder.
+Rerunning a completed run therefore does no work (every task is a cache hit) and rerunning a
+failed run resumes at the step that failed. Outputs are Parquet under the run folder; Prefect
+only ever sees paths and row counts.
 """
 
 from __future__ import annotations

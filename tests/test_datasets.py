@@ -1,5 +1,5 @@
-"""The run's datasets: the embeddings round trip, the one vector decoder, part alignment errors,
-and use-before-fit errors of the estimators that read them."""
+"""The run's datasets: the embeddings and features round trips, the one vector decoder, part
+alignment errors, and use-before-fit errors of the estimators that read them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import scipy.sparse as sp
 
 from udl import schema as S
 from udl.cluster.kmeans import FaissKMeans
@@ -16,8 +18,13 @@ from udl.datasets import (
     aligned_parts,
     decode_vectors,
     embeddings_table,
+    features_table,
+    read_csr,
     read_embeddings,
+    read_feature_width,
     read_has_features,
+    read_idf,
+    tfidf_table,
 )
 from udl.errors import NotFittedError, SchemaError
 from udl.storage import write_part
@@ -46,6 +53,47 @@ def test_embeddings_round_trip_keeps_every_bit(tmp_path: Path) -> None:
     assert got_vectors.dtype == np.float32 and got_vectors.tobytes() == vectors.tobytes()
     assert got_scores.tobytes() == scores.tobytes()
     assert read_has_features(folder / "part-00000.parquet").tolist() == featured.tolist()
+
+
+def test_features_carry_their_width_through_parquet(tmp_path: Path) -> None:
+    """The matrix comes back whole, trailing empty columns included, from the file alone (also
+    from a column subset and a row subset), and so does the IDF vector."""
+    dense = np.random.default_rng(0).random((6, 50), dtype=np.float32)
+    dense[dense < 0.9] = 0
+    dense[:, 45:] = 0
+    matrix = sp.csr_matrix(dense)
+    ids = pa.array([f"d{i}" for i in range(6)], pa.string())
+    pq.write_table(features_table(ids, matrix), tmp_path / "part.parquet")
+    back = read_csr(pq.read_table(tmp_path / "part.parquet"))
+    assert back.shape == (6, 50) and (back != matrix).nnz == 0
+    subset = pq.read_table(tmp_path / "part.parquet", columns=[S.INDICES, S.VALUES]).take([4, 1])
+    assert (read_csr(subset) != matrix[[4, 1]]).nnz == 0
+
+    idf = np.zeros(50, np.float32)
+    idf[[3, 7]] = [1.5, 2.0]
+    models = tmp_path / "models"
+    models.mkdir()
+    pq.write_table(
+        tfidf_table(np.arange(50, dtype=np.int64), idf, np.array([3, 7])),
+        models / "tfidf.parquet",
+    )
+    assert read_feature_width(models) == 50
+    np.testing.assert_array_equal(read_idf(models), idf)
+
+
+def test_features_written_before_their_width_was_recorded(tmp_path: Path) -> None:
+    """Without a legacy width (the run's config) it is a clear error naming the table."""
+    matrix = sp.csr_matrix(np.eye(3, dtype=np.float32))
+    table = features_table(pa.array(["a", "b", "c"], pa.string()), matrix)
+    old = table.replace_schema_metadata(None)
+    with pytest.raises(SchemaError, match=r"features part has no recorded width.*older udl"):
+        read_csr(old)
+    assert read_csr(old, legacy_width=8).shape == (3, 8)
+    assert read_csr(table, legacy_width=8).shape == (3, 3)  # a recorded width wins
+    pq.write_table(pa.table({"feature": [0]}), tmp_path / "tfidf.parquet")
+    with pytest.raises(SchemaError, match=r"tfidf.parquet has no recorded width"):
+        read_feature_width(tmp_path)
+    assert read_feature_width(tmp_path, legacy=16) == 16
 
 
 def test_vectors_decode_across_chunks_and_slices() -> None:

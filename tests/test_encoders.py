@@ -39,7 +39,7 @@ from udl.encoders.dec import refine, soft_assignment, target_distribution
 from udl.encoders.estimator import TorchEncoder
 from udl.encoders.modules import AttentionAutoencoder, AttentionPooling
 from udl.encoders.training import _batches
-from udl.errors import ConfigError
+from udl.errors import ConfigError, SchemaError
 from udl.features import compute_features
 from udl.storage import dataset_parts
 
@@ -78,7 +78,7 @@ class Run:
     def documents(self) -> DocumentBatch:
         """Every document, in corpus order, as one in-memory batch."""
         batches = [
-            read_documents(c, f, PREPROCESS.n_features)[1]
+            read_documents(c, f)[1]
             for c, f in zip(dataset_parts(self.corpus), dataset_parts(self.features), strict=True)
         ]
         return DocumentBatch(
@@ -265,6 +265,22 @@ def test_warm_start_rejects_a_different_architecture(
         )
 
 
+def test_embedding_with_other_hashing_than_the_features_is_refused(
+    run: Run, tmp_path: Path
+) -> None:
+    with pytest.raises(SchemaError, match=r"4096 wide .*tfidf.parquet.*n_features is 8192"):
+        embed_corpus(
+            run.corpus,
+            run.features,
+            tmp_path / "embeddings",
+            _models_copy(run, tmp_path),
+            TINY,
+            PREPROCESS.model_copy(update={"n_features": 2**13}),
+            seed=0,
+        )
+    assert not (tmp_path / "embeddings").exists()
+
+
 def test_warm_start_from_a_folder_without_checkpoint(run: Run, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"no encoder checkpoint"):
         make_encoder(
@@ -388,7 +404,7 @@ def test_streamed_embeddings_equal_in_memory_inference(
     assert len(dataset_parts(tmp_path / "embeddings")) == 4  # one output part per input part
     doc_ids, vectors, scores = read_embeddings(tmp_path / "embeddings")
     parts = zip(dataset_parts(run.corpus), dataset_parts(run.features), strict=True)
-    assert doc_ids == [i for c, f in parts for i in read_documents(c, f, PREPROCESS.n_features)[0]]
+    assert doc_ids == [i for c, f in parts for i in read_documents(c, f)[0]]
     in_memory, in_memory_scores = load_encoder(models / ENCODER_DIR).transform(docs)
     np.testing.assert_allclose(vectors, in_memory, atol=1e-5)
     np.testing.assert_allclose(scores, in_memory_scores, atol=1e-5)
@@ -411,7 +427,7 @@ def test_embed_corpus_with_idec_saves_the_refined_encoder(run: Run, tmp_path: Pa
     loaded = load_encoder(models / ENCODER_DIR)
     assert isinstance(loaded, TorchEncoder)
     corpus_part, features_part = aligned_parts(run.corpus, run.features)[0]
-    _, docs = read_documents(corpus_part, features_part, PREPROCESS.n_features)
+    _, docs = read_documents(corpus_part, features_part)
     written = read_embeddings(tmp_path / "embeddings" / "part-00000.parquet")[1]
     np.testing.assert_allclose(loaded.transform(docs)[0], written, atol=1e-5)
 

@@ -63,7 +63,7 @@ def _features(corpus: Path, out: Path, config: PreprocessConfig) -> sp.csr_matri
     with dask.config.set(scheduler="synchronous"):
         compute_features(corpus, out / "features", out / "models", config)
     parts = dataset_parts(out / "features")
-    return sp.vstack([read_csr(pq.read_table(p), config.n_features) for p in parts]).tocsr()
+    return sp.vstack([read_csr(pq.read_table(p)) for p in parts]).tocsr()
 
 
 def _files(folder: Path) -> dict[Path, bytes]:
@@ -129,7 +129,7 @@ def test_min_df_max_df_prune_features_3(corpus: Path, tmp_path: Path) -> None:
     matrix = _features(corpus, tmp_path, config)
     df = pq.read_table(tmp_path / "models" / "tfidf.parquet")["df"].to_numpy()
     assert df.min() >= 3 and df.max() <= 0.05 * 3000
-    kept = np.flatnonzero(read_idf(tmp_path / "models", 2**12))
+    kept = np.flatnonzero(read_idf(tmp_path / "models"))
     assert set(np.unique(matrix.indices)) <= set(kept)
     norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
     assert np.allclose(norms[norms > 0], 1.0, atol=1e-6)

@@ -11,9 +11,22 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from tests.helpers import task_states
-from udl.config import PipelineConfig
+from udl.config import PipelineConfig, ReportConfig
 from udl.datasets import RunLayout, mark_latest
-from udl.lineage import embedding_space, pin_previous_run, resolve_warm_start
+from udl.fingerprint import step_key
+from udl.lineage import (
+    centroids_fingerprint,
+    cluster_key,
+    embed_key,
+    embedding_space,
+    followed_models,
+    pin_previous_run,
+    preprocess_key,
+    recluster_config,
+    report_key,
+    rereport_config,
+    resolve_warm_start,
+)
 from udl.storage import write_json_atomic
 
 
@@ -72,6 +85,65 @@ def test_embedding_spaces(tmp_path: Path) -> None:
     assert embedding_space(pretrained, "x") == embedding_space(pretrained, "y")
     column = base.with_overrides({"input.embedding_column": "vec"})
     assert embedding_space(column, "x") == "column:vec"
+
+
+def test_clusters_are_continued_only_within_one_space(tmp_path: Path) -> None:
+    config = PipelineConfig()
+    previous = _completed_run(tmp_path, "a")
+    same, other = RunLayout(tmp_path, "b"), RunLayout(tmp_path, "c")
+    write_json_atomic(same.steps / "embed.json", {"space": "trained:a"})
+    write_json_atomic(other.steps / "embed.json", {"space": "trained:c"})
+    assert followed_models(same, config, previous) == previous.models
+    assert followed_models(other, config, previous) is None
+    assert followed_models(same, config, None) is None
+    unaligned = config.with_overrides({"cluster.align_to_previous": False})
+    assert followed_models(same, unaligned, previous) is None
+
+
+def test_keys_change_with_the_followed_centroids_and_the_compared_run(tmp_path: Path) -> None:
+    config = PipelineConfig()
+    previous = _completed_run(tmp_path, "a")
+    fresh = cluster_key("embed-1", config, None)
+    np.save(previous.centroids, np.eye(3, dtype=np.float32))
+    followed = cluster_key("embed-1", config, previous.models)
+    assert followed != fresh
+    assert cluster_key("embed-1", config, previous.models) == followed
+    np.save(previous.centroids, 2 * np.eye(3, dtype=np.float32))
+    assert cluster_key("embed-1", config, previous.models) != followed
+    assert cluster_key("embed-2", config, None) != fresh
+    assert report_key(fresh, config, previous) != report_key(fresh, config, None)
+
+
+def test_step_keys_hash_what_each_step_depends_on(tmp_path: Path) -> None:
+    """The keys are the same hashes the flows computed before lineage owned them, so runs
+    started by an earlier build of this code version resume from their cache."""
+    config = PipelineConfig()
+    previous = _completed_run(tmp_path, "a")
+    np.save(previous.centroids, np.eye(3, dtype=np.float32))
+    assert preprocess_key("i", config) == step_key("preprocess", "i", config.preprocess)
+    assert embed_key("p", config) == step_key("embed", "p", config.run_encoder, config.runtime.seed)
+    assert cluster_key("e", config, previous.models) == step_key(
+        "cluster",
+        "e",
+        config.cluster,
+        config.runtime.seed,
+        centroids_fingerprint(previous.centroids),
+    )
+    assert report_key("c", config, previous) == step_key("report", "c", config.report, "a")
+
+
+def test_a_recluster_inherits_what_it_reuses(tmp_path: Path) -> None:
+    source = _completed_run(tmp_path, "a")
+    ran = PipelineConfig().with_overrides(
+        {"input.path": "corpus.csv", "encoder.kind": "pretrained", "cluster.k": 5}
+    )
+    write_json_atomic(source.manifest, {"config": ran.model_dump(mode="json")})
+    new = PipelineConfig().with_overrides({"cluster.k": 9, "report.n_keywords": 4})
+    config = recluster_config(new, source)
+    assert (config.input, config.encoder) == (ran.input, ran.encoder)
+    assert (config.cluster.k, config.report.n_keywords) == (9, 4)
+    rereport = rereport_config(source, ReportConfig(n_keywords=3))
+    assert rereport.cluster == ran.cluster and rereport.report.n_keywords == 3
 
 
 @pytest.mark.usefixtures("prefect_harness")

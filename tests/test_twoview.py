@@ -68,7 +68,7 @@ def _documents(root: Path) -> tuple[DocumentBatch, list[str]]:
     import pyarrow.parquet as pq
 
     parts = list(zip(dataset_parts(root / "corpus"), dataset_parts(root / "features"), strict=True))
-    batches = [read_documents(c, f, PREPROCESS.n_features)[1] for c, f in parts]
+    batches = [read_documents(c, f)[1] for c, f in parts]
     labels = [
         label
         for c, _ in parts

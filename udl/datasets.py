@@ -44,14 +44,17 @@ __all__ = [
     "aligned_parts",
     "decode_vectors",
     "embeddings_table",
+    "feature_width",
     "features_table",
     "mark_latest",
     "read_csr",
     "read_embeddings",
+    "read_feature_width",
     "read_has_features",
     "read_idf",
     "read_kept_features",
     "read_vocabulary",
+    "tfidf_table",
 ]
 
 # models/: the preprocess step's kept features (feature, df, idf) and their words.
@@ -65,6 +68,9 @@ ENCODER_TOKENIZER_FILE = "tokenizer.json"  # the two-view student's tokenizer
 # models/: the cluster step's centroids (row i = cluster i) and its cross-run id alignment.
 CENTROIDS_FILE = "centroids.npy"
 ALIGNMENT_FILE = "alignment.json"
+# Parquet metadata of every features part and of tfidf.parquet: the hashed feature space's
+# width, so that a reader rebuilds the matrices without the preprocess config.
+WIDTH_KEY = b"udl.n_features"
 # report/
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "index.html"
@@ -271,23 +277,54 @@ class Embeddings:
         )
 
 
+def _with_width(table: pa.Table, n_features: int) -> pa.Table:
+    return table.replace_schema_metadata({WIDTH_KEY: str(n_features).encode()})
+
+
+def feature_width(schema: pa.Schema, where: str, legacy: int | None = None) -> int:
+    """The width of the hashed feature space recorded with a features part or TF-IDF table.
+
+    Args:
+        schema: the table's Arrow schema (with its Parquet metadata).
+        where: the table, for the error message.
+        legacy: the width to assume for a table written before widths were recorded (the
+            run's ``preprocess.n_features``, where the caller has the run's config).
+
+    Raises:
+        SchemaError: no recorded width and no `legacy` width.
+    """
+    width = (schema.metadata or {}).get(WIDTH_KEY)
+    if width is not None:
+        return int(width)
+    if legacy is None:
+        raise SchemaError(
+            f"{where} has no recorded width ({WIDTH_KEY.decode()} in its Parquet metadata): it "
+            "was written by an older udl; run the pipeline again in a new run"
+        )
+    return legacy
+
+
 def features_table(doc_ids: pa.Array, matrix: sp.csr_matrix) -> pa.Table:
-    """One `features/` part: each document's TF-IDF row as parallel index and value lists."""
+    """One `features/` part: each document's TF-IDF row as parallel index and value lists,
+    with the matrix's width (n_features) in the schema metadata."""
     offsets = pa.array(matrix.indptr.astype(np.int32))
     indices = pa.ListArray.from_arrays(offsets, pa.array(matrix.indices.astype(np.int32)))
     values = pa.ListArray.from_arrays(offsets, pa.array(matrix.data.astype(np.float32)))
-    return pa.Table.from_arrays([doc_ids, indices, values], schema=S.FEATURES_SCHEMA)
+    table = pa.Table.from_arrays([doc_ids, indices, values], schema=S.FEATURES_SCHEMA)
+    return _with_width(table, matrix.shape[1])
 
 
-def read_csr(table: pa.Table, n_features: int) -> sp.csr_matrix:
-    """Rebuild the float32 CSR matrix (n_docs, n_features) of a features table."""
+def read_csr(table: pa.Table, legacy_width: int | None = None) -> sp.csr_matrix:
+    """Rebuild the float32 CSR matrix (n_docs, n_features) of a features table (or some of
+    its rows or columns, as long as the schema metadata came along); `legacy_width`: see
+    `feature_width`."""
     indices = table.column(S.INDICES).combine_chunks()
     values = table.column(S.VALUES).combine_chunks()
     indptr = indices.offsets.to_numpy().astype(np.int64)
     indptr -= indptr[0]
     return sp.csr_matrix(
         (values.flatten().to_numpy(), indices.flatten().to_numpy(), indptr),
-        shape=(table.num_rows, n_features),
+        shape=(table.num_rows, feature_width(table.schema, "a features part", legacy_width)),
         dtype=np.float32,
     )
 
@@ -317,10 +354,27 @@ def read_kept_features(models_dir: Path) -> KeptFeatures:
     return KeptFeatures(features, features[order])
 
 
-def read_idf(models_dir: Path, n_features: int) -> NDArray[np.float32]:
+def tfidf_table(
+    df: NDArray[np.int64], idf: NDArray[np.float32], kept: NDArray[np.int64]
+) -> pa.Table:
+    """`models/tfidf.parquet`: document frequency and IDF of the `kept` features, with the
+    feature space's width (len(idf)) in the schema metadata."""
+    table = pa.table({"feature": kept.astype(np.int32), "df": df[kept], "idf": idf[kept]})
+    return _with_width(table, len(idf))
+
+
+def read_feature_width(models_dir: Path, legacy: int | None = None) -> int:
+    """n_features of the run's hashed feature space, from `models/tfidf.parquet`'s footer;
+    `legacy`: see `feature_width`."""
+    path = models_dir / TFIDF_FILE
+    return feature_width(pq.read_schema(path), str(path), legacy)
+
+
+def read_idf(models_dir: Path) -> NDArray[np.float32]:
     """Dense IDF vector (n_features,); pruned features have weight 0."""
-    table = pq.read_table(models_dir / TFIDF_FILE)
-    idf = np.zeros(n_features, np.float32)
+    path = models_dir / TFIDF_FILE
+    table = pq.read_table(path)
+    idf = np.zeros(feature_width(table.schema, str(path)), np.float32)
     idf[table.column("feature").to_numpy()] = table.column("idf").to_numpy()
     return idf
 

@@ -36,10 +36,12 @@ from udl.config import EncoderConfig, PreprocessConfig
 from udl.datasets import (
     ENCODER_CONFIG_FILE,
     ENCODER_DIR,
+    TFIDF_FILE,
     aligned_parts,
     decode_vectors,
     embeddings_table,
     read_csr,
+    read_feature_width,
     read_kept_features,
 )
 from udl.encoders.attention import AttentionEncoder
@@ -49,7 +51,7 @@ from udl.encoders.pretrained import PretrainedEncoder
 from udl.encoders.training import TrainingResult
 from udl.encoders.twoview import TwoViewEncoder
 from udl.encoders.views import unit_rows
-from udl.errors import ConfigError
+from udl.errors import ConfigError, SchemaError
 from udl.storage import (
     BackgroundWriter,
     atomic_dir,
@@ -105,25 +107,23 @@ class EmbedResult:
 
 
 def read_documents(
-    corpus_part: Path, features_part: Path, n_features: int, rows: NDArray[np.int64] | None = None
+    corpus_part: Path, features_part: Path, rows: NDArray[np.int64] | None = None
 ) -> tuple[list[str], DocumentBatch]:
     """Doc ids and the `DocumentBatch` of one aligned corpus/features part (optionally some rows)."""
     features = pq.read_table(features_part)
     texts = pq.read_table(corpus_part, columns=[S.TEXT]).column(S.TEXT)
     if rows is not None:
         features, texts = features.take(rows), texts.take(rows)
-    docs = DocumentBatch(read_csr(features, n_features), texts.to_pylist())
+    docs = DocumentBatch(read_csr(features), texts.to_pylist())
     return features.column(S.DOC_ID).to_pylist(), docs
 
 
-def _sample(
-    corpus_dir: Path, features_dir: Path, n_features: int, max_docs: int, seed: int
-) -> DocumentBatch:
+def _sample(corpus_dir: Path, features_dir: Path, max_docs: int, seed: int) -> DocumentBatch:
     """A seeded uniform sample of at most `max_docs` documents across all parts, less those
     without features: an empty input row teaches the encoder nothing."""
     corpus_parts, features_parts = dataset_parts(corpus_dir), dataset_parts(features_dir)
     batches = [
-        read_documents(corpus_parts[i], features_parts[i], n_features, rows)[1]
+        read_documents(corpus_parts[i], features_parts[i], rows)[1]
         for i, rows in sample_rows(features_parts, max_docs, seed)
     ]
     texts = [t for b in batches for t in b.texts]
@@ -196,7 +196,7 @@ def load_encoder(folder: Path, device: str | None = None) -> Encoder:
 
 
 def write_embeddings(
-    encoder: Encoder, corpus_dir: Path, features_dir: Path, embeddings_dir: Path, n_features: int
+    encoder: Encoder, corpus_dir: Path, features_dir: Path, embeddings_dir: Path
 ) -> tuple[int, int]:
     """Embed every document part by part into `embeddings_dir` (atomic).
 
@@ -214,7 +214,7 @@ def write_embeddings(
     with (
         atomic_dir(embeddings_dir) as out,
         BackgroundWriter() as writer,
-        closing(read_ahead(lambda part: read_documents(*part, n_features), parts)) as documents,
+        closing(read_ahead(lambda part: read_documents(*part), parts)) as documents,
     ):
         for index, (doc_ids, docs) in enumerate(
             tqdm(documents, total=len(parts), desc="embed", unit="part", disable=None)
@@ -325,7 +325,9 @@ def embed_corpus(
         embeddings_dir: output dataset (`doc_id`, `embedding`, `anomaly_score`), atomic.
         models_dir: holds `tfidf.parquet`; receives the `encoder/` checkpoint.
         encoder_config: encoder kind and training settings.
-        preprocess_config: gives the number of hashed features.
+        preprocess_config: the tokenisation and hashing that produced the features (an
+            encoder that reads the text hashes it the same way); its ``n_features`` must be
+            the width recorded with the features.
         seed: seeds sampling, initialisation and batch order.
 
     Returns:
@@ -333,13 +335,20 @@ def embed_corpus(
 
     Raises:
         ConfigError: see `make_encoder`; DEC with fewer sampled documents than clusters.
+        SchemaError: the features are not as wide as ``preprocess_config.n_features``.
     """
     if has_supplied_vectors(corpus_dir):
         log.info("the corpus has supplied vectors: no encoder is trained")
         return copy_embeddings(corpus_dir, embeddings_dir, encoder_config.normalize)
-    n_features = preprocess_config.n_features
+    width = read_feature_width(models_dir)
+    if width != preprocess_config.n_features:
+        raise SchemaError(
+            f"the features in {features_dir} are {width} wide ({models_dir / TFIDF_FILE}) but "
+            f"preprocess.n_features is {preprocess_config.n_features}: embed with the "
+            "preprocess settings that made them"
+        )
     started = time.perf_counter()
-    sample = _sample(corpus_dir, features_dir, n_features, encoder_config.max_train_docs, seed)
+    sample = _sample(corpus_dir, features_dir, encoder_config.max_train_docs, seed)
     n_valid = max(1, int(len(sample) * VALID_SHARE)) if len(sample) > 1 else 0
     order = np.random.default_rng(seed + 1).permutation(len(sample))
     valid, train = sample.take(order[:n_valid]), sample.take(order[n_valid:])
@@ -354,9 +363,7 @@ def embed_corpus(
         )
     encoder.save(models_dir / ENCODER_DIR)
     trained = time.perf_counter()
-    n_docs, n_empty = write_embeddings(
-        encoder, corpus_dir, features_dir, embeddings_dir, n_features
-    )
+    n_docs, n_empty = write_embeddings(encoder, corpus_dir, features_dir, embeddings_dir)
     history = encoder.training_ or TrainingResult()
     return EmbedResult(
         n_docs=n_docs,

@@ -32,7 +32,14 @@ from numpy.typing import NDArray
 
 from udl import schema as S
 from udl.config import PreprocessConfig
-from udl.datasets import TFIDF_FILE, VOCABULARY_FILE, features_table, read_csr, read_idf
+from udl.datasets import (
+    TFIDF_FILE,
+    VOCABULARY_FILE,
+    features_table,
+    read_csr,
+    read_idf,
+    tfidf_table,
+)
 from udl.parallel import compute
 from udl.storage import atomic_dir, dataset_parts, write_part, write_table_atomic
 from udl.tokens import hash_tokens, split_tokens
@@ -105,9 +112,9 @@ def _tfidf_part(
     index: int, counts_part: Path, out_dir: Path, models_dir: Path, config: PreprocessConfig
 ) -> int:
     """Pass 2 on one part: prune, weight and L2-normalise; returns docs left empty."""
-    idf = read_idf(models_dir, config.n_features)
+    idf = read_idf(models_dir)
     table = pq.read_table(counts_part, use_threads=False)
-    matrix = read_csr(table, config.n_features)
+    matrix = read_csr(table)
     n_docs = matrix.shape[0]
     data = matrix.data.astype(np.float64)
     if config.sublinear_tf:
@@ -140,11 +147,7 @@ def _write_models(
     tokens: pa.Table,
     config: PreprocessConfig,
 ) -> None:
-    kept = np.flatnonzero(idf > 0)
-    write_table_atomic(
-        pa.table({"feature": kept.astype(np.int32), "df": df[kept], "idf": idf[kept]}),
-        models_dir / TFIDF_FILE,
-    )
+    write_table_atomic(tfidf_table(df, idf, np.flatnonzero(idf > 0)), models_dir / TFIDF_FILE)
     # Name each kept hashed feature by its most frequent token (`tokens` is ranked).
     ranked = tokens.column("token").to_pylist()
     ids = hash_tokens(ranked, config.n_features)
@@ -195,15 +198,23 @@ def compute_features(
         )
         idf = _idf(df, n_docs, config)
         _write_models(models_dir, df, idf, tokens, config)
-        count_parts = dataset_parts(counts_dir)
-        empty = compute(
-            db.from_sequence(list(enumerate(count_parts)), partition_size=1)
-            .map(lambda item: _tfidf_part(item[0], item[1], out_dir, models_dir, config))
-            .sum()
-        )
-        for part in count_parts:
-            part.unlink()
-        counts_dir.rmdir()
+        empty = _weigh_counts(counts_dir, out_dir, models_dir, config)
     result = FeaturesResult(n_docs, int(np.count_nonzero(idf)), int(empty), len(parts))
     log.info("features: %s", result)
     return result
+
+
+def _weigh_counts(
+    counts_dir: Path, out_dir: Path, models_dir: Path, config: PreprocessConfig
+) -> int:
+    """Pass 2 over every counts part (then removed); returns the documents left empty."""
+    count_parts = dataset_parts(counts_dir)
+    empty = compute(
+        db.from_sequence(list(enumerate(count_parts)), partition_size=1)
+        .map(lambda item: _tfidf_part(item[0], item[1], out_dir, models_dir, config))
+        .sum()
+    )
+    for part in count_parts:
+        part.unlink()
+    counts_dir.rmdir()
+    return int(empty)

@@ -1,6 +1,13 @@
-"""How a run follows the run before it: which run that is, the encoder it may warm-start
-from, and whether both runs embed into the same space (so that k-means can warm-start from
-the previous centroids and cluster ids can be aligned to the previous run's).
+"""How a run follows the run before it and what it takes from other runs: which run it
+follows, the encoder it may warm-start from, whether both runs embed into the same space (so
+that k-means can warm-start from the previous centroids and cluster ids can be aligned to the
+previous run's), the key of each step, and the steps and settings a re-clustering or a
+re-report takes over from an existing run.
+
+Step keys: each step's key hashes the upstream step's key, the step's own settings, the code
+version (`udl.fingerprint.step_key`) and whatever else its output depends on: the input files
+for ingest, the seed for embed and cluster, the followed centroids for cluster, the compared
+run for report. A step whose key is unchanged is not run again.
 
 Embedding spaces: two runs share a space when their vectors are comparable coordinate by
 coordinate: the same pretrained model, the same supplied embedding column, embeddings reused
@@ -13,25 +20,62 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 from pathlib import Path
+from typing import Any
 
-from udl.config import PipelineConfig
-from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE, RunLayout
-from udl.errors import ConfigError
-from udl.storage import read_json
+from udl.config import PipelineConfig, ReportConfig, parse_config
+from udl.datasets import (
+    CENTROIDS_FILE,
+    ENCODER_CONFIG_FILE,
+    ENCODER_DIR,
+    ENCODER_WEIGHTS_FILE,
+    TFIDF_FILE,
+    VOCABULARY_FILE,
+    RunLayout,
+)
+from udl.errors import ConfigError, UdlError
+from udl.fingerprint import source_fingerprint, step_key
+from udl.storage import read_json, write_json_atomic
 
 __all__ = [
+    "RECLUSTER_REUSES",
     "WARM_START_PREVIOUS",
     "centroids_fingerprint",
+    "cluster_key",
+    "embed_key",
     "embedding_space",
+    "followed_models",
+    "ingest_key",
     "pin_previous_run",
+    "preprocess_key",
+    "recluster_config",
+    "recorded_key",
+    "report_key",
+    "rereport_config",
     "resolve_warm_start",
+    "reuse_steps",
     "space_of",
 ]
 
 log = logging.getLogger(__name__)
 
 WARM_START_PREVIOUS = "previous"
+# The steps a re-clustering run takes over from its source run.
+RECLUSTER_REUSES = ("ingest", "preprocess", "embed")
+# What each reusable step produced: datasets are linked, fitted models copied (the new run
+# writes its own models next to them, and must never write into the source run).
+_STEP_DATASETS = {
+    "ingest": ("corpus", "rejects"),
+    "preprocess": ("features",),
+    "embed": ("embeddings",),
+}
+_STEP_MODELS = {
+    "ingest": (),
+    "preprocess": (TFIDF_FILE, VOCABULARY_FILE),
+    "embed": (ENCODER_DIR,),
+}
 
 
 def pin_previous_run(layout: RunLayout) -> RunLayout | None:
@@ -114,3 +158,90 @@ def embedding_space(config: PipelineConfig, embed_key: str) -> str:
 def centroids_fingerprint(path: Path) -> str | None:
     """Content hash of a saved centroids file (part of the cluster step's key), None if absent."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:20] if path.is_file() else None
+
+
+def followed_models(
+    layout: RunLayout, config: PipelineConfig, previous: RunLayout | None
+) -> Path | None:
+    """The previous run's models folder when this run continues its clusters: alignment is on
+    and both runs embedded into the same space. Call after this run's embed step."""
+    if previous is None or not config.cluster.align_to_previous:
+        return None
+    space = space_of(layout)
+    if space is None or space_of(previous) != space:
+        log.info(
+            "cluster ids start afresh: run %s embedded into another space (an encoder trained "
+            "from scratch); set encoder.warm_start=previous to keep them stable",
+            previous.run_id,
+        )
+        return None
+    return previous.models
+
+
+def ingest_key(layout: RunLayout, config: PipelineConfig) -> str:
+    """The ingest step's key: the run, the input files' sizes and change markers, the input
+    settings."""
+    return step_key("ingest", str(layout.run_dir), source_fingerprint(config.input), config.input)
+
+
+def preprocess_key(upstream: str, config: PipelineConfig) -> str:
+    return step_key("preprocess", upstream, config.preprocess)
+
+
+def embed_key(upstream: str, config: PipelineConfig) -> str:
+    return step_key("embed", upstream, config.run_encoder, config.runtime.seed)
+
+
+def cluster_key(upstream: str, config: PipelineConfig, followed: Path | None) -> str:
+    """The cluster step's key; the centroids it continues (`followed_models`) are part of it."""
+    followed_centroids = centroids_fingerprint(followed / CENTROIDS_FILE) if followed else None
+    return step_key("cluster", upstream, config.cluster, config.runtime.seed, followed_centroids)
+
+
+def report_key(upstream: str, config: PipelineConfig, previous: RunLayout | None) -> str:
+    return step_key("report", upstream, config.report, previous and previous.run_id)
+
+
+def recorded_key(layout: RunLayout, step: str) -> str:
+    """The key a completed step of `layout` recorded."""
+    return str(read_json(layout.step_record(step))["key"])
+
+
+def recluster_config(config: PipelineConfig, source: RunLayout) -> PipelineConfig:
+    """A re-clustering run's config: its own cluster, report and runtime settings, and what
+    it reuses (input, preprocessing, encoder) as the source run ran them."""
+    source_config = parse_config(read_json(source.manifest)["config"])
+    return config.inherit(source_config, ("input", "preprocess", "encoder"))
+
+
+def rereport_config(layout: RunLayout, report: ReportConfig) -> PipelineConfig:
+    """The config of a run as it ran, with other report settings."""
+    config = parse_config(read_json(layout.manifest)["config"])
+    return config.with_overrides({"report": report.model_dump()})
+
+
+def reuse_steps(source: RunLayout, target: RunLayout, steps: tuple[str, ...]) -> dict[str, Any]:
+    """Start `target` from `source`'s completed `steps`; return the last step's record.
+
+    Raises:
+        UdlError: a step has not completed in `source`.
+    """
+    record: dict[str, Any] = {}
+    target.models.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+        path = source.step_record(step)
+        if not path.exists():
+            raise UdlError(f"run {source.run_id} has no completed {step} step to reuse ({path})")
+        record = read_json(path)
+        for name in _STEP_DATASETS[step]:
+            link = getattr(target, name)
+            if not link.exists():
+                os.symlink(os.path.relpath(getattr(source, name), link.parent), link)
+        for name in _STEP_MODELS[step]:
+            src, dst = source.models / name, target.models / name
+            if src.is_dir():
+                shutil.copytree(src, dst, dirs_exist_ok=True)
+            else:
+                shutil.copy2(src, dst)
+        write_json_atomic(target.step_record(step), {**record, "reused_from": source.run_id})
+    return record

@@ -12,7 +12,7 @@ from distributed import Client, LocalCluster, default_client
 
 from udl.config import RuntimeConfig
 from udl.errors import ConfigError
-from udl.manifest import redact
+from udl.redact import redact
 
 __all__ = ["compute", "dask_client"]
 

@@ -18,20 +18,17 @@ from pydantic import ValidationError
 from udl.config import LATEST_RUN, PipelineConfig, RuntimeConfig
 from udl.datasets import RunLayout
 from udl.errors import ConfigError
+from udl.lineage import RECLUSTER_REUSES
 from udl.readers import read_source
 from udl.sources import Source, resolve_sources
 
 __all__ = [
-    "RECLUSTER_REUSES",
     "check_output",
     "check_recluster",
     "check_run_inputs",
     "existing_run",
     "reusable_run",
 ]
-
-# The steps a re-clustering run takes over from its source run.
-RECLUSTER_REUSES = ("ingest", "preprocess", "embed")
 
 
 def _header_is_cheap(source: Source) -> bool:

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from udl.compare import compare_runs
 from udl.config import PipelineConfig
-from udl.datasets import RunLayout, read_vocabulary
+from udl.datasets import RunLayout, read_feature_width, read_vocabulary
 from udl.describe import ClusterDescriber, Description
 from udl.evaluate import Contingency, InternalScores, contingency_scores, internal_scores
 from udl.figures import (
@@ -212,10 +212,10 @@ def build_report(
     sample = read_sample(layout, report.metrics_sample, config.runtime.seed)
     scores = internal_scores(sample.x, sample.clusters, metric)
     threshold = _anomaly_threshold(sample.anomaly, report.outlier_fraction)
-    describer = ClusterDescriber(
-        config.preprocess.n_features, threshold, report.n_examples, report.n_outlier_examples
-    )
-    contingency = stream_parts(layout, describer, config.preprocess.n_features)
+    # Runs written before the width was recorded with the features have it in their config.
+    width = read_feature_width(layout.models, legacy=config.preprocess.n_features)
+    describer = ClusterDescriber(width, threshold, report.n_examples, report.n_outlier_examples)
+    contingency = stream_parts(layout, describer, width)
     description = describer.result(read_vocabulary(layout.models), report.n_keywords)
     metrics = _metrics(description, scores, contingency, steps)
     metrics["rejects_by_reason"] = rejects_by_reason(layout, steps["ingest"])

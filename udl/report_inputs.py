@@ -91,9 +91,10 @@ def read_sample(layout: RunLayout, size: int, seed: int) -> Sample:
 
 
 def stream_parts(
-    layout: RunLayout, describer: ClusterDescriber, n_features: int
+    layout: RunLayout, describer: ClusterDescriber, legacy_width: int
 ) -> Contingency | None:
     """One pass over the aligned parts; returns the label contingency of labelled runs.
+    `legacy_width`: the features' width where a part predates its recording.
 
     Documents without features count in the contingency as unclustered (with noise, -1), so
     that a run does not score better for leaving documents out.
@@ -112,7 +113,9 @@ def stream_parts(
             clusters=clusters,
             distance=assign.column(S.DISTANCE).to_numpy(),
             anomaly=pq.read_table(emb_part, columns=[S.ANOMALY]).column(S.ANOMALY).to_numpy(),
-            tfidf=read_csr(pq.read_table(features_part, columns=[S.INDICES, S.VALUES]), n_features),
+            tfidf=read_csr(
+                pq.read_table(features_part, columns=[S.INDICES, S.VALUES]), legacy_width
+            ),
             no_features=_no_features(assign),
         )
         if counter is not None:

@@ -139,9 +139,8 @@ def _baseline(
     work: Path, labels: np.ndarray, k: int, seed: int, kmeans_seeds: int
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    n_features = PreprocessConfig().n_features
     parts = zip(dataset_parts(work / "corpus"), dataset_parts(work / "features"), strict=True)
-    tfidf = sp.vstack([read_documents(c, f, n_features)[1].tfidf for c, f in parts], format="csr")
+    tfidf = sp.vstack([read_documents(c, f)[1].tfidf for c, f in parts], format="csr")
     svd = TruncatedSVD(100, random_state=seed)
     vectors = svd.fit_transform(tfidf).astype(np.float32)
     seconds = time.perf_counter() - started

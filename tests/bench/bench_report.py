@@ -29,13 +29,14 @@ import pyarrow.parquet as pq
 
 from udl import schema as S
 from udl.config import PipelineConfig
-from udl.datasets import TFIDF_FILE, VOCABULARY_FILE, RunLayout
+from udl.datasets import TFIDF_FILE, VOCABULARY_FILE, WIDTH_KEY, RunLayout, tfidf_table
 from udl.storage import write_part
 from udl.tokens import hash_tokens
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 64
 N_CLUSTERS = 50
+N_FEATURES = PipelineConfig().preprocess.n_features
 N_CLASSES = 20
 WORDS_PER_TOPIC = 40
 TOPIC_WORDS, COMMON_WORDS = 9, 3  # words drawn per document from its topic / the shared pool
@@ -122,7 +123,7 @@ def _part(
             ),
         ],
         schema=S.FEATURES_SCHEMA,
-    )
+    ).replace_schema_metadata({WIDTH_KEY: str(N_FEATURES).encode()})
     centers = np.random.default_rng(seed).normal(size=(N_CLUSTERS, DIM)).astype(np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     x = centers[cluster] + rng.normal(scale=0.08, size=(rows, DIM)).astype(np.float32)
@@ -159,12 +160,11 @@ def _part(
 
 def synthesise(layout: RunLayout, n_docs: int, part_rows: int, seed: int = 0) -> None:
     """Write a complete run of `n_docs` documents (skipped when one is already there)."""
-    if (layout.models / "centroids.npy").exists():
+    if layout.centroids.exists():
         return
     rng = np.random.default_rng(seed)
     words = _vocabulary(rng)
-    n_features = PipelineConfig().preprocess.n_features
-    feature_ids = hash_tokens(words, n_features)
+    feature_ids = hash_tokens(words, N_FEATURES)
     for name in ("corpus", "features", "embeddings", "assignments"):
         (layout.run_dir / name).mkdir(parents=True, exist_ok=True)
     for index, start in enumerate(range(0, n_docs, part_rows)):
@@ -185,20 +185,13 @@ def synthesise(layout: RunLayout, n_docs: int, part_rows: int, seed: int = 0) ->
         ),
         layout.models / VOCABULARY_FILE,
     )
+    idf = np.zeros(N_FEATURES, np.float32)
+    idf[features] = 1.0
     pq.write_table(
-        pa.table(
-            {
-                "feature": features.astype(np.int32),
-                "df": np.ones(len(features), np.int64),
-                "idf": np.ones(len(features), np.float32),
-            }
-        ),
-        layout.models / TFIDF_FILE,
+        tfidf_table(np.ones(N_FEATURES, np.int64), idf, features), layout.models / TFIDF_FILE
     )
     centers = np.random.default_rng(seed).normal(size=(N_CLUSTERS, DIM)).astype(np.float32)
-    np.save(
-        layout.models / "centroids.npy", centers / np.linalg.norm(centers, axis=1, keepdims=True)
-    )
+    np.save(layout.centroids, centers / np.linalg.norm(centers, axis=1, keepdims=True))
 
 
 def measure(run_dir: Path) -> dict[str, float]:
