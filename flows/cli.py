@@ -17,12 +17,20 @@ from flows.runtime import (
     prefect_api,
     short_udl_errors,
 )
-from flows.summary import summary_lines
+from flows.summary import assigned_line, summary_lines
 from udl import __version__
 from udl.config import PipelineConfig, load_config
 from udl.datasets import RunLayout
 from udl.errors import UdlError
-from udl.preflight import check_output, check_recluster, check_run_inputs, reusable_run
+from udl.lineage import config_of
+from udl.preflight import (
+    check_assign,
+    check_output,
+    check_recluster,
+    check_run_inputs,
+    existing_run,
+    reusable_run,
+)
 from udl.storage import read_json
 
 # Offline Prefect, and a temporary server that may take long to start on a busy machine (its
@@ -189,6 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(recluster)
     _add_cluster_options(recluster)
 
+    assign = commands.add_parser(
+        "assign",
+        help="assign new documents to an existing run's clusters (nothing is trained)",
+        description="Embed the documents of INPUT with the encoder of run FROM (default: latest) "
+        "and assign each to the nearest of its k-means clusters, into a new run. The input "
+        "columns are FROM's unless given here (labels only with --label-column).",
+    )
+    assign.add_argument("input", metavar="INPUT", help="file, folder, glob or fsspec URL")
+    assign.add_argument("--output", "-o", metavar="DIR", required=True, help="output root folder")
+    assign.add_argument(
+        "--from", dest="source_run", default="latest", metavar="RUN", help="run to join"
+    )
+    assign.add_argument("--run-id", metavar="ID", help="run folder name (default: a new id)")
+    _add_input_options(assign)
+
     report = commands.add_parser(
         "report",
         help="rebuild the report of an existing run",
@@ -244,8 +267,13 @@ OVERRIDES = {
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """The config file (or defaults) with the command-line options applied on top."""
-    base = load_config(args.config) if getattr(args, "config", None) else PipelineConfig()
+    """The config file (or defaults) with the command-line options applied on top; for
+    `assign`, the joined run's config instead of the file."""
+    if args.command == "assign":
+        joined = config_of(existing_run(args.output, args.source_run))
+        base = joined.with_overrides({"input.label_column": None, "runtime.run_id": None})
+    else:
+        base = load_config(args.config) if getattr(args, "config", None) else PipelineConfig()
     overrides: dict[str, Any] = {}
     if getattr(args, "input", None) is not None:
         overrides["input.path"] = args.input
@@ -278,12 +306,23 @@ def _print_run(run_dir: Path) -> None:
     print(f"report:      {layout.report_html}")
 
 
+def _print_assigned(run_dir: Path) -> None:
+    layout = _layout(run_dir)
+    ingested, assigned = (read_json(layout.step_record(s)) for s in ("ingest", "cluster"))
+    print(f"run:         {run_dir}")
+    print(f"assignments: {layout.assignments}")
+    print(f"rejects:     {layout.rejects}")
+    print(assigned_line(ingested, assigned))
+
+
 def _preflight(args: argparse.Namespace, config: PipelineConfig) -> None:
     """Fail on a wrong input, output or run before Prefect, Dask or any folder is started."""
     if args.command in ("run", "ingest"):
         check_run_inputs(config)
     elif args.command == "recluster":
         check_recluster(config, args.source_run)
+    elif args.command == "assign":
+        check_assign(config, args.source_run)
     elif args.command == "report":
         reusable_run(args.output, args.report_run, ("cluster",))
     else:
@@ -318,6 +357,8 @@ def _dispatch(args: argparse.Namespace, config: PipelineConfig) -> None:
             run_dir = Path(pipeline.ingest_only(config))
         elif args.command == "recluster":
             run_dir = Path(pipeline.recluster(config, args.source_run))
+        elif args.command == "assign":
+            run_dir = Path(pipeline.assign_documents(config, args.source_run))
         else:
             run_dir = Path(pipeline.rereport(args.output, args.report_run, config.report))
     if args.command in ("run", "recluster"):
@@ -325,6 +366,8 @@ def _dispatch(args: argparse.Namespace, config: PipelineConfig) -> None:
     elif args.command == "ingest":
         layout = _layout(run_dir)
         print(f"run:     {run_dir}\ncorpus:  {layout.corpus}\nrejects: {layout.rejects}")
+    elif args.command == "assign":
+        _print_assigned(run_dir)
     else:
         print(f"report:  {_layout(run_dir).report_html}")
 

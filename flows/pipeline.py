@@ -23,15 +23,23 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from tasks._common import for_run
+from tasks.assign import assign_task, embed_new_task, transform_task
 from tasks.steps import cluster_task, embed_task, ingest_task, preprocess_task, report_task
 from udl import lineage
 from udl.config import PipelineConfig, ReportConfig
 from udl.datasets import RunLayout
 from udl.manifest import new_run_id, recording, write_manifest
-from udl.preflight import check_recluster, reusable_run
+from udl.preflight import check_assign, check_recluster, reusable_run
 from udl.storage import read_json
 
-__all__ = ["clustering_pipeline", "ingest_only", "recluster", "rereport", "run_layout"]
+__all__ = [
+    "assign_documents",
+    "clustering_pipeline",
+    "ingest_only",
+    "recluster",
+    "rereport",
+    "run_layout",
+]
 
 
 def run_layout(config: PipelineConfig) -> RunLayout:
@@ -111,6 +119,34 @@ def recluster(
     with recording(layout, config, previous):
         embedded = lineage.reuse_steps(source, layout, lineage.RECLUSTER_REUSES)
         _cluster_and_report(layout, config, embedded["key"], previous)
+    return str(layout.run_dir)
+
+
+@flow(name="udl-assign", log_prints=True)
+def assign_documents(
+    config: PipelineConfig = PipelineConfig(),  # noqa: B008
+    source_run: str = "latest",
+) -> str:
+    """Assign the documents of ``config.input`` to the clusters of an existing k-means run,
+    into a new run: the source run's IDF, encoder and centroids are applied, nothing is
+    trained, and ``latest`` stays where it is."""
+    _quiet_dask_logs()
+    source = check_assign(config, source_run)
+    layout = run_layout(config)
+    get_run_logger().info("run %s assigns documents to run %s", layout.run_id, source.run_id)
+    layout.run_dir.mkdir(parents=True, exist_ok=True)
+    config = lineage.assign_config(config, source)
+    runtime = config.runtime
+    with recording(layout, config, source, done="assigned"):
+        key = lineage.ingest_key(layout, config)
+        for_run(ingest_task, layout, runtime)(layout, config, key)
+        for step, step_task in (
+            ("preprocess", transform_task),
+            ("embed", embed_new_task),
+            ("cluster", assign_task),
+        ):
+            key = lineage.joined_key(step, key, source)
+            for_run(step_task, layout, runtime)(layout, config, key, source)
     return str(layout.run_dir)
 
 

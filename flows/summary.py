@@ -1,10 +1,11 @@
-"""The closing lines of `udl run` and `udl recluster`: what was found, how good it is."""
+"""The closing lines of `udl run`, `udl recluster` and `udl assign`: what was found, how good
+it is, where new documents went."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["summary_lines"]
+__all__ = ["assigned_line", "summary_lines"]
 
 LABEL_SCORES = ("nmi", "ari", "acc")
 
@@ -38,3 +39,13 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     scores = [f"silhouette {_number(metrics.get('silhouette'))}"]
     scores += [f"{name} {_number(metrics[name])}" for name in LABEL_SCORES if name in metrics]
     return [f"clusters:    {_clusters(metrics)}", f"scores:      {' · '.join(scores)}"]
+
+
+def assigned_line(ingested: dict[str, Any], assigned: dict[str, Any]) -> str:
+    """Where the documents of `udl assign` went, from its ingest and cluster step records."""
+    return (
+        f"{assigned['n_docs']:,} documents joined {len(assigned['sizes'])} of the "
+        f"{assigned['n_clusters']} clusters of run {assigned['source_run']} "
+        f"({assigned['n_no_features']:,} without features, not assigned); "
+        f"{ingested['rows_rejected']:,} rows rejected"
+    )

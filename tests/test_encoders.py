@@ -32,12 +32,13 @@ from udl.config import (
 )
 from udl.corpus import ingest
 from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_DIR, aligned_parts, read_embeddings
-from udl.embed import embed_corpus, load_encoder, make_encoder, read_documents
+from udl.embed import embed_corpus, read_documents
 from udl.encoders.attention import AttentionEncoder
 from udl.encoders.base import DocumentBatch
 from udl.encoders.dec import refine, soft_assignment, target_distribution
 from udl.encoders.estimator import TorchEncoder
 from udl.encoders.modules import AttentionAutoencoder, AttentionPooling
+from udl.encoders.registry import load_encoder, make_encoder
 from udl.encoders.training import _batches
 from udl.errors import ConfigError, SchemaError
 from udl.features import compute_features

@@ -25,7 +25,7 @@ from udl.config import InputConfig, PreprocessConfig, RuntimeConfig
 from udl.corpus import ingest
 from udl.datasets import read_csr, read_idf, read_vocabulary
 from udl.errors import InputDataError
-from udl.features import TOKEN_STATS, _merge_stats, compute_features
+from udl.features import TOKEN_STATS, _merge_stats, compute_features, transform_features
 from udl.parallel import dask_client
 from udl.storage import dataset_parts
 from udl.tokens import hash_tokens, tokenize
@@ -189,6 +189,21 @@ def test_local_cluster_equals_single_process_byte_for_byte_3(
     assert results["s"][1].n_parts == 9 and results["s"][1].n_docs == 3000  # 3 x (400+400+200)
     assert _files(tmp_path / "s") == _files(tmp_path / "p")
     assert len(cluster.scheduler_info()["workers"]) == 2
+
+
+def test_new_documents_get_the_features_a_run_gives_them(corpus: Path, tmp_path: Path) -> None:
+    """Transforming with a finished run's IDF refits nothing: the run's own corpus comes out
+    byte for byte as the run wrote it, and the models are left as they were."""
+    config = PreprocessConfig(min_df=2)
+    _features(corpus, tmp_path / "run", config)
+    models = tmp_path / "run" / "models"
+    before = _files(models)
+    with dask.config.set(scheduler="synchronous"):
+        result = transform_features(corpus, tmp_path / "new", models, config)
+    assert _files(tmp_path / "new") == _files(tmp_path / "run" / "features")
+    assert _files(models) == before
+    assert result.n_docs == 3000 and result.n_parts == 5
+    assert result.n_features_kept == int(np.count_nonzero(read_idf(models)))
 
 
 def test_feature_parts_mirror_corpus_parts_3(corpus: Path, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from udl.cluster.kmeans import FaissKMeans
 from udl.config import EncoderConfig, InputConfig, PreprocessConfig, RuntimeConfig, parse_config
 from udl.corpus import IngestResult, ingest
 from udl.datasets import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE, RunLayout
-from udl.embed import load_encoder
+from udl.encoders.registry import load_encoder
 from udl.errors import ConfigError, InputDataError
 from udl.lineage import resolve_warm_start
 from udl.parallel import dask_client

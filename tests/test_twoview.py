@@ -19,9 +19,10 @@ import torch
 from udl.config import EncoderConfig, InputConfig, PreprocessConfig, TwoViewConfig
 from udl.corpus import ingest
 from udl.datasets import read_embeddings
-from udl.embed import embed_corpus, load_encoder, make_encoder, read_documents
+from udl.embed import embed_corpus, read_documents
 from udl.encoders import twoview
 from udl.encoders.base import DocumentBatch, resolve_device
+from udl.encoders.registry import load_encoder, make_encoder
 from udl.encoders.teacher import Teacher, cache_dir
 from udl.encoders.twoview import TwoViewEncoder
 from udl.encoders.views import mix_views

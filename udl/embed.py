@@ -16,7 +16,6 @@ documents, which means nothing; `embeddings/` marks it `has_features = False` (s
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import closing
@@ -34,7 +33,6 @@ from udl import schema as S
 from udl.cluster.kmeans import initial_clusters
 from udl.config import EncoderConfig, PreprocessConfig
 from udl.datasets import (
-    ENCODER_CONFIG_FILE,
     ENCODER_DIR,
     TFIDF_FILE,
     aligned_parts,
@@ -42,16 +40,12 @@ from udl.datasets import (
     embeddings_table,
     read_csr,
     read_feature_width,
-    read_kept_features,
 )
-from udl.encoders.attention import AttentionEncoder
-from udl.encoders.autoencoder import AutoencoderEncoder
 from udl.encoders.base import DocumentBatch, Encoder
-from udl.encoders.pretrained import PretrainedEncoder
+from udl.encoders.registry import load_encoder, make_encoder
 from udl.encoders.training import TrainingResult
-from udl.encoders.twoview import TwoViewEncoder
 from udl.encoders.views import unit_rows
-from udl.errors import ConfigError, SchemaError
+from udl.errors import SchemaError
 from udl.storage import (
     BackgroundWriter,
     atomic_dir,
@@ -65,10 +59,9 @@ __all__ = [
     "EmbedResult",
     "copy_embeddings",
     "embed_corpus",
+    "embed_with_checkpoint",
     "has_features",
     "has_supplied_vectors",
-    "load_encoder",
-    "make_encoder",
     "read_documents",
     "write_embeddings",
 ]
@@ -76,12 +69,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 VALID_SHARE = 0.1
-# Every encoder by its `kind` (the `EncoderConfig.kind` and checkpoint value); a new encoder
-# implements `udl.encoders.base.Encoder` and registers here.
-ENCODERS: dict[str, type[Encoder]] = {
-    encoder.kind: encoder
-    for encoder in (TwoViewEncoder, AutoencoderEncoder, AttentionEncoder, PretrainedEncoder)
-}
 
 
 @dataclass(frozen=True)
@@ -134,65 +121,6 @@ def _sample(corpus_dir: Path, features_dir: Path, max_docs: int, seed: int) -> D
 def has_features(docs: DocumentBatch) -> NDArray[np.bool_]:
     """Whether each document's TF-IDF row holds any feature (bool array of shape (n_docs,))."""
     return np.diff(docs.tfidf.indptr) > 0
-
-
-def make_encoder(
-    config: EncoderConfig, preprocess: PreprocessConfig, models_dir: Path, seed: int
-) -> Encoder:
-    """An encoder of the configured kind, ready for `fit`.
-
-    Fresh (untrained) unless `config.warm_start` names an earlier checkpoint, whose weights
-    and feature vocabulary are kept; training then continues with `config`'s settings.
-
-    Args:
-        config: encoder kind, sizes and training settings.
-        preprocess: the tokenisation and hashing that produced the features.
-        models_dir: holds `tfidf.parquet` (the features kept by pruning).
-        seed: seeds initialisation, noise and batch order.
-
-    Raises:
-        ConfigError: unknown checkpoint, incompatible warm start, missing optional model.
-    """
-    if config.warm_start is not None:
-        previous = load_encoder(Path(config.warm_start), config.device)
-        if previous.kind == PretrainedEncoder.kind:
-            raise ConfigError(
-                f"encoder.warm_start={config.warm_start!r} holds a 'pretrained' encoder, which "
-                "has no trained weights; name a trained encoder's checkpoint"
-            )
-        if previous.kind != config.kind:
-            raise ConfigError(
-                f"encoder.warm_start={config.warm_start!r} holds a {previous.kind!r} encoder but "
-                f"encoder.kind is {config.kind!r}; set encoder.kind to {previous.kind!r} or "
-                "encoder.warm_start to empty to train from scratch"
-            )
-        return previous.continue_with(config, preprocess, seed)
-    return ENCODERS[config.kind].create(config, preprocess, read_kept_features(models_dir), seed)
-
-
-def load_encoder(folder: Path, device: str | None = None) -> Encoder:
-    """Load a saved encoder of any kind from its checkpoint folder.
-
-    Args:
-        folder: a checkpoint written by `Encoder.save` (`config.json`, `weights.pt`).
-        device: overrides the saved device setting.
-
-    Raises:
-        ConfigError: `folder` holds no checkpoint, or one of a kind this udl does not know.
-    """
-    config_file = folder / ENCODER_CONFIG_FILE
-    if not config_file.is_file():
-        raise ConfigError(
-            f"{folder} holds no encoder checkpoint ({ENCODER_CONFIG_FILE} missing); pass a run's "
-            "models/encoder folder"
-        )
-    kind = json.loads(config_file.read_text()).get("kind")
-    if kind not in ENCODERS:
-        raise ConfigError(
-            f"{config_file} names the encoder kind {kind!r}, which this udl does not know "
-            f"(known: {', '.join(sorted(ENCODERS))}); train from scratch"
-        )
-    return ENCODERS[kind].load(folder, device)
 
 
 def write_embeddings(
@@ -382,4 +310,51 @@ def embed_corpus(
         teacher=encoder.teacher_,
         teacher_sample=encoder.teacher_sample_,
         teacher_seconds=encoder.teacher_seconds_,
+    )
+
+
+def embed_with_checkpoint(
+    corpus_dir: Path,
+    features_dir: Path,
+    embeddings_dir: Path,
+    encoder_dir: Path,
+    encoder_config: EncoderConfig,
+) -> EmbedResult:
+    """Embed new documents with a finished run's encoder: nothing is trained, so each
+    document gets the vector it has (or would have) in that run.
+
+    A corpus with supplied vectors is copied as in `embed_corpus` (its anomaly scores are
+    relative to the new documents' own mean direction).
+
+    Args:
+        corpus_dir: ingested corpus of the new documents.
+        features_dir: their features, made with the run's IDF (`udl.features.transform_features`).
+        embeddings_dir: output dataset, atomic.
+        encoder_dir: the run's ``models/encoder`` checkpoint.
+        encoder_config: the run's encoder settings (``normalize``; ``device`` overrides the
+            checkpoint's).
+
+    Raises:
+        ConfigError: `encoder_dir` holds no checkpoint this udl can load.
+    """
+    if has_supplied_vectors(corpus_dir):
+        return copy_embeddings(corpus_dir, embeddings_dir, encoder_config.normalize)
+    started = time.perf_counter()
+    encoder = load_encoder(encoder_dir, encoder_config.device)
+    loaded = time.perf_counter()
+    n_docs, n_empty = write_embeddings(encoder, corpus_dir, features_dir, embeddings_dir)
+    return EmbedResult(
+        n_docs=n_docs,
+        n_train=0,
+        n_valid=0,
+        dim=encoder.dim,
+        epochs_run=0,
+        best_valid_loss=float("nan"),
+        n_parameters=encoder.n_parameters,
+        dec_iterations=0,
+        dec_converged=False,
+        train_seconds=loaded - started,
+        embed_seconds=time.perf_counter() - loaded,
+        device=str(encoder.device),
+        n_no_features=n_empty,
     )

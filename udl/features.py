@@ -44,7 +44,7 @@ from udl.parallel import compute
 from udl.storage import atomic_dir, dataset_parts, write_part, write_table_atomic
 from udl.tokens import hash_tokens, split_tokens
 
-__all__ = ["FeaturesResult", "compute_features"]
+__all__ = ["FeaturesResult", "compute_features", "transform_features"]
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def compute_features(
         idf = _idf(df, n_docs, config)
         _write_models(models_dir, df, idf, tokens, config)
         empty = _weigh_counts(counts_dir, out_dir, models_dir, config)
-    result = FeaturesResult(n_docs, int(np.count_nonzero(idf)), int(empty), len(parts))
+    result = FeaturesResult(n_docs, int(np.count_nonzero(idf)), empty, len(parts))
     log.info("features: %s", result)
     return result
 
@@ -218,3 +218,32 @@ def _weigh_counts(
         part.unlink()
     counts_dir.rmdir()
     return int(empty)
+
+
+def transform_features(
+    corpus_dir: Path, features_dir: Path, models_dir: Path, config: PreprocessConfig
+) -> FeaturesResult:
+    """Hashed TF-IDF of new documents with a finished run's IDF: nothing is refitted, so a
+    document gets exactly the features it has (or would have) in that run.
+
+    Args:
+        corpus_dir: ingested corpus dataset of the new documents.
+        features_dir: output dataset, replaced atomically.
+        models_dir: the run's ``models/`` (its ``tfidf.parquet``); only read.
+        config: the run's preprocessing settings (tokenisation, hashing, sublinear tf).
+
+    Returns:
+        Counts describing the features (``n_features_kept``: the run's).
+    """
+    parts = dataset_parts(corpus_dir)
+    with atomic_dir(features_dir) as out_dir:
+        counts_dir = out_dir / "_counts"
+        counts_dir.mkdir()
+        n_docs = compute(
+            db.from_sequence(list(enumerate(parts)), partition_size=1)
+            .map(lambda item: _count_part(item[0], item[1], counts_dir, config)[2])
+            .sum()
+        )
+        empty = _weigh_counts(counts_dir, out_dir, models_dir, config)
+    n_kept = int(np.count_nonzero(read_idf(models_dir)))
+    return FeaturesResult(int(n_docs), n_kept, empty, len(parts))

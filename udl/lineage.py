@@ -42,12 +42,15 @@ from udl.storage import read_json, write_json_atomic
 __all__ = [
     "RECLUSTER_REUSES",
     "WARM_START_PREVIOUS",
+    "assign_config",
     "centroids_fingerprint",
     "cluster_key",
+    "config_of",
     "embed_key",
     "embedding_space",
     "followed_models",
     "ingest_key",
+    "joined_key",
     "pin_previous_run",
     "preprocess_key",
     "recluster_config",
@@ -207,17 +210,32 @@ def recorded_key(layout: RunLayout, step: str) -> str:
     return str(read_json(layout.step_record(step))["key"])
 
 
+def config_of(layout: RunLayout) -> PipelineConfig:
+    """The config a run ran with (from its manifest)."""
+    return parse_config(read_json(layout.manifest)["config"])
+
+
 def recluster_config(config: PipelineConfig, source: RunLayout) -> PipelineConfig:
     """A re-clustering run's config: its own cluster, report and runtime settings, and what
     it reuses (input, preprocessing, encoder) as the source run ran them."""
-    source_config = parse_config(read_json(source.manifest)["config"])
-    return config.inherit(source_config, ("input", "preprocess", "encoder"))
+    return config.inherit(config_of(source), ("input", "preprocess", "encoder"))
 
 
 def rereport_config(layout: RunLayout, report: ReportConfig) -> PipelineConfig:
     """The config of a run as it ran, with other report settings."""
-    config = parse_config(read_json(layout.manifest)["config"])
-    return config.with_overrides({"report": report.model_dump()})
+    return config_of(layout).with_overrides({"report": report.model_dump()})
+
+
+def assign_config(config: PipelineConfig, source: RunLayout) -> PipelineConfig:
+    """The config of new documents joining `source`'s clusters: their own input and runtime
+    settings, and the preprocessing, encoder and clustering that `source` fitted."""
+    return config.inherit(config_of(source), ("preprocess", "encoder", "cluster"))
+
+
+def joined_key(step: str, upstream: str, source: RunLayout) -> str:
+    """The key of a step that applies `source`'s fitted `step` to new documents: the upstream
+    key and the key `source` recorded for that step (so a refitted source gives new keys)."""
+    return step_key(step, upstream, recorded_key(source, step))
 
 
 def reuse_steps(source: RunLayout, target: RunLayout, steps: tuple[str, ...]) -> dict[str, Any]:

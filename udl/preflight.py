@@ -21,8 +21,10 @@ from udl.errors import ConfigError
 from udl.lineage import RECLUSTER_REUSES
 from udl.readers import read_source
 from udl.sources import Source, resolve_sources
+from udl.storage import read_json
 
 __all__ = [
+    "check_assign",
     "check_output",
     "check_recluster",
     "check_run_inputs",
@@ -133,4 +135,28 @@ def check_recluster(config: PipelineConfig, source_run: str) -> RunLayout:
     source = reusable_run(config.runtime.output_dir, source_run, RECLUSTER_REUSES)
     if config.runtime.run_id == source.run_id:
         raise ConfigError("recluster needs a new run id, not the source run's")
+    return source
+
+
+def check_assign(config: PipelineConfig, source_run: str) -> RunLayout:
+    """The run whose clusters new documents join: clustered with k-means (the only clusters
+    that place a new point without refitting), and not the run being written; and the new
+    documents' input (see `check_run_inputs`).
+
+    Raises:
+        ConfigError: no such run, it has not clustered, it ran DBSCAN, or `config` names it
+            as the new run.
+        InputDataError: see `check_run_inputs`.
+    """
+    source = reusable_run(config.runtime.output_dir, source_run, ("cluster",))
+    if config.runtime.run_id == source.run_id:
+        raise ConfigError("assign needs a new run id, not the id of the run it joins")
+    algorithm = read_json(source.step_record("cluster")).get("algorithm")
+    if algorithm != "kmeans":
+        raise ConfigError(
+            f"run {source.run_id} clustered with {algorithm}: new documents can only join "
+            "k-means clusters (a DBSCAN cluster is defined by its members' density); "
+            f"`udl recluster --from {source.run_id} --algorithm kmeans` makes such a run"
+        )
+    check_run_inputs(config)
     return source

@@ -21,8 +21,10 @@ from numpy.typing import NDArray
 
 from udl import schema as S
 from udl.cluster.align import Alignment, align_clusters
-from udl.cluster.clusterers import Clusterer, make_clusterer
+from udl.cluster.clusterers import Assigned, make_clusterer
 from udl.cluster.health import log_warnings, no_features_warning, result_warnings
+from udl.cluster.kmeans import NearestCentroids
+from udl.cluster.neighbours import Metric
 from udl.config import ClusterConfig
 from udl.datasets import (
     ALIGNMENT_FILE,
@@ -30,11 +32,12 @@ from udl.datasets import (
     Embeddings,
     aligned_parts,
     read_embeddings,
+    read_has_features,
 )
 from udl.errors import ConfigError, SchemaError
 from udl.storage import atomic_dir, write_json_atomic, write_part
 
-__all__ = ["ClusterResult", "cluster_embeddings"]
+__all__ = ["ClusterResult", "NewAssignments", "assign_to_centroids", "cluster_embeddings"]
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +137,11 @@ class _Labels:
 
 
 def _label_part(
-    clusterer: Clusterer,
-    x: NDArray[np.float32],
-    featured: NDArray[np.bool_],
-    offset: int,
-    alignment: Alignment | None,
+    assigned: Assigned, featured: NDArray[np.bool_], alignment: Alignment | None = None
 ) -> _Labels:
-    """Assignments of one part's embeddings `x` (n, dim), in the aligned cluster ids."""
-    labels, dist, conf = clusterer.assign(x, featured, offset)
+    """One part's assignments in the aligned cluster ids, from a clusterer's (ids, distances,
+    confidences); rows without features are not clustered."""
+    labels, dist, conf = assigned
     if alignment is not None:
         labels = alignment.relabel(labels)
     labels = np.where(featured, labels, -1).astype(np.int32)
@@ -243,7 +243,7 @@ def cluster_embeddings(
             zip(parts, embeddings.has_features(), strict=True)
         ):
             doc_ids, x_part, _ = read_embeddings(emb_part)
-            labels = _label_part(clusterer, x_part, featured, offset, alignment)
+            labels = _label_part(clusterer.assign(x_part, featured, offset), featured, alignment)
             offset += int(featured.sum())
             write_part(_assignment_table(corpus_part, doc_ids, labels, run_id), out, i)
             n_docs += len(doc_ids)
@@ -270,4 +270,71 @@ def cluster_embeddings(
         alignment=record if previous_models is not None else {},
         n_no_features=statuses[S.NO_FEATURES],
         warnings=warnings,
+    )
+
+
+@dataclass(frozen=True)
+class NewAssignments:
+    """What `assign_to_centroids` wrote.
+
+    Attributes:
+        n_docs: documents written (every ingested one).
+        n_clusters: clusters of the run joined.
+        sizes: documents per cluster id, only ids that received some.
+        n_no_features: documents without features (cluster_id -1, status no_features).
+    """
+
+    n_docs: int
+    n_clusters: int
+    sizes: dict[int, int]
+    n_no_features: int
+
+
+def assign_to_centroids(
+    embeddings_dir: Path,
+    corpus_dir: Path,
+    assignments_dir: Path,
+    models_dir: Path,
+    metric: Metric,
+    run_id: str,
+    batch_size: int = 65_536,
+) -> NewAssignments:
+    """Assign new documents to a finished k-means run's clusters: each joins the nearest of
+    the run's ``centroids.npy`` (in the run's cluster ids), with the distance and confidence a
+    document of the run gets, and nothing is refitted.
+
+    Args:
+        embeddings_dir: the new documents' embeddings (the run's encoder), aligned with
+            ``corpus_dir``'s parts.
+        corpus_dir: their corpus; label and metadata columns are carried over.
+        assignments_dir: written atomically, as the cluster step writes ``assignments/``.
+        models_dir: the run's ``models/`` (only read).
+        metric: the run's ``cluster.metric``.
+        run_id: written into every row: the run whose cluster ids these are.
+        batch_size: rows searched at once.
+
+    Raises:
+        SchemaError: embeddings and corpus parts that do not line up, or vectors of another
+            width than the centroids.
+    """
+    centroids = np.load(models_dir / CENTROIDS_FILE, allow_pickle=False).astype(np.float32)
+    nearest = NearestCentroids(centroids, metric)
+    n_docs = n_empty = 0
+    sizes = np.zeros(len(centroids), np.int64)
+    with atomic_dir(assignments_dir) as out:
+        for i, (emb_part, corpus_part) in enumerate(aligned_parts(embeddings_dir, corpus_dir)):
+            doc_ids, x, _ = read_embeddings(emb_part)
+            if x.shape[1] != centroids.shape[1]:
+                raise SchemaError(
+                    f"{emb_part}: vectors of dimension {x.shape[1]}, but the run's centroids "
+                    f"have {centroids.shape[1]}"
+                )
+            featured = read_has_features(emb_part)
+            labels = _label_part(nearest.predict(x, batch_size), featured)
+            write_part(_assignment_table(corpus_part, doc_ids, labels, run_id), out, i)
+            n_docs += len(doc_ids)
+            n_empty += int(np.sum(~featured))
+            sizes += np.bincount(labels.ids[labels.ids >= 0], minlength=len(centroids))
+    return NewAssignments(
+        n_docs, len(centroids), {int(c): int(n) for c, n in enumerate(sizes) if n}, n_empty
     )

@@ -27,7 +27,14 @@ from udl.config import ClusterConfig
 from udl.datasets import Embeddings
 from udl.errors import ConfigError, NotFittedError
 
-__all__ = ["CLUSTERERS", "Clusterer", "DBSCANClusterer", "KMeansClusterer", "make_clusterer"]
+__all__ = [
+    "CLUSTERERS",
+    "Assigned",
+    "Clusterer",
+    "DBSCANClusterer",
+    "KMeansClusterer",
+    "make_clusterer",
+]
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from udl.cluster.lloyd import LloydResult, lloyd
 from udl.cluster.neighbours import flat_index
 from udl.errors import ConfigError, NotFittedError
 
-__all__ = ["FaissKMeans", "initial_clusters", "prepare", "to_distance"]
+__all__ = ["FaissKMeans", "NearestCentroids", "initial_clusters", "prepare", "to_distance"]
 
 
 Init = Literal["auto", "k-means++", "random"]
@@ -125,7 +125,7 @@ class FaissKMeans:
             seed,
             spherical,
         )
-        self._index: faiss.Index | None = None
+        self._nearest: NearestCentroids | None = None
 
     def fit(
         self, x: NDArray[np.floating], init_centroids: NDArray[np.floating] | None = None
@@ -177,9 +177,7 @@ class FaissKMeans:
             self.inertia_ = float(np.maximum(sq, 0.0).sum(dtype=np.float64))
         self.objective_, self.n_iter_ = best.objective, best.n_iter
         self.spherical_, self.warm_started_ = spherical, warm is not None
-        # For cosine, assignment compares directions, so the index holds unit centroids even
-        # when plain (non-spherical) k-means left them shorter.
-        self._index = flat_index(prepare(self.cluster_centers_, self.metric), self.metric)
+        self._nearest = NearestCentroids(self.cluster_centers_, self.metric)
         return self
 
     def _plusplus(
@@ -219,6 +217,39 @@ class FaissKMeans:
     def predict(
         self, x: NDArray[np.floating], batch_size: int = 65_536
     ) -> tuple[NDArray[np.int32], NDArray[np.float32], NDArray[np.float32]]:
+        """Nearest centroid of each row of ``x`` (see `NearestCentroids.predict`).
+
+        Raises:
+            NotFittedError: before `fit`.
+        """
+        if self._nearest is None:
+            raise NotFittedError("FaissKMeans.predict called before fit")
+        return self._nearest.predict(x, batch_size)
+
+
+class NearestCentroids:
+    """Assignment of vectors to fixed centroids: a fitted k-means's, or a finished run's
+    ``centroids.npy`` when new documents join its clusters.
+
+    Args:
+        centroids: float array (k, dim), k >= 2, row i the centre of cluster i.
+        metric: ``"cosine"`` (rows compared as directions) or ``"l2"``.
+    """
+
+    def __init__(self, centroids: NDArray[np.floating], metric: Metric) -> None:
+        check_metric(metric, "NearestCentroids")
+        if centroids.ndim != 2 or len(centroids) < 2:
+            raise ConfigError(
+                f"NearestCentroids needs at least 2 centroids (k, dim); got shape {centroids.shape}"
+            )
+        self.metric = metric
+        # For cosine, assignment compares directions, so the index holds unit centroids even
+        # when plain (non-spherical) k-means left them shorter.
+        self._index = flat_index(prepare(centroids, metric), metric)
+
+    def predict(
+        self, x: NDArray[np.floating], batch_size: int = 65_536
+    ) -> tuple[NDArray[np.int32], NDArray[np.float32], NDArray[np.float32]]:
         """Nearest centroid of each row of ``x``, searched ``batch_size`` rows at a time.
 
         Args:
@@ -231,9 +262,7 @@ class FaissKMeans:
             second-nearest centroid distances (1 on the centroid, 0 on the boundary between
             two clusters).
         """
-        check_positive_int(batch_size, "batch_size", "FaissKMeans.predict")
-        if self._index is None:
-            raise NotFittedError("FaissKMeans.predict called before fit")
+        check_positive_int(batch_size, "batch_size", "NearestCentroids.predict")
         n = len(x)
         ids, dist = np.empty(n, np.int32), np.empty(n, np.float32)
         confidence = np.empty(n, np.float32)

@@ -56,7 +56,7 @@ class DocumentBatch:
 class Encoder(Protocol):
     """A document encoder (`TwoViewEncoder`, the `TorchEncoder` subclasses,
     `PretrainedEncoder`); the embed step knows encoders only through this protocol and the
-    registry `udl.embed.ENCODERS`, keyed by `kind`.
+    registry `udl.encoders.registry.ENCODERS`, keyed by `kind`.
 
     Attributes:
         dim: output width.
