@@ -43,9 +43,10 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
 
 def assigned_line(ingested: dict[str, Any], assigned: dict[str, Any]) -> str:
     """Where the documents of `udl assign` went, from its ingest and cluster step records."""
+    rejected = ingested["rows_rejected"]
     return (
         f"{assigned['n_docs']:,} documents joined {len(assigned['sizes'])} of the "
         f"{assigned['n_clusters']} clusters of run {assigned['source_run']} "
         f"({assigned['n_no_features']:,} without features, not assigned); "
-        f"{ingested['rows_rejected']:,} rows rejected"
+        f"{rejected:,} {'row' if rejected == 1 else 'rows'} rejected"
     )

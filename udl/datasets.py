@@ -370,11 +370,12 @@ def read_feature_width(models_dir: Path, legacy: int | None = None) -> int:
     return feature_width(pq.read_schema(path), str(path), legacy)
 
 
-def read_idf(models_dir: Path) -> NDArray[np.float32]:
-    """Dense IDF vector (n_features,); pruned features have weight 0."""
+def read_idf(models_dir: Path, legacy: int | None = None) -> NDArray[np.float32]:
+    """Dense IDF vector (n_features,); pruned features have weight 0. `legacy`: see
+    `feature_width`."""
     path = models_dir / TFIDF_FILE
     table = pq.read_table(path)
-    idf = np.zeros(feature_width(table.schema, str(path)), np.float32)
+    idf = np.zeros(feature_width(table.schema, str(path), legacy), np.float32)
     idf[table.column("feature").to_numpy()] = table.column("idf").to_numpy()
     return idf
 

@@ -112,7 +112,8 @@ def _tfidf_part(
     index: int, counts_part: Path, out_dir: Path, models_dir: Path, config: PreprocessConfig
 ) -> int:
     """Pass 2 on one part: prune, weight and L2-normalise; returns docs left empty."""
-    idf = read_idf(models_dir)
+    # The IDF of a run written before widths were recorded (`transform_features`) has it here.
+    idf = read_idf(models_dir, legacy=config.n_features)
     table = pq.read_table(counts_part, use_threads=False)
     matrix = read_csr(table)
     n_docs = matrix.shape[0]
@@ -245,5 +246,5 @@ def transform_features(
             .sum()
         )
         empty = _weigh_counts(counts_dir, out_dir, models_dir, config)
-    n_kept = int(np.count_nonzero(read_idf(models_dir)))
+    n_kept = int(np.count_nonzero(read_idf(models_dir, legacy=config.n_features)))
     return FeaturesResult(int(n_docs), n_kept, empty, len(parts))
