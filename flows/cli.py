@@ -210,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--from", dest="source_run", default="latest", metavar="RUN", help="run to join"
     )
     assign.add_argument("--run-id", metavar="ID", help="run folder name (default: a new id)")
+    assign.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device")
     _add_input_options(assign)
 
     report = commands.add_parser(
@@ -271,7 +272,14 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     `assign`, the joined run's config instead of the file."""
     if args.command == "assign":
         joined = config_of(existing_run(args.output, args.source_run))
-        base = joined.with_overrides({"input.label_column": None, "runtime.run_id": None})
+        base = joined.with_overrides(
+            {
+                "input.label_column": None,
+                "runtime.run_id": None,
+                "runtime.dask_address": None,
+                "encoder.device": "auto",
+            }
+        )
     else:
         base = load_config(args.config) if getattr(args, "config", None) else PipelineConfig()
     overrides: dict[str, Any] = {}

@@ -1,4 +1,5 @@
-"""The flows: the whole pipeline, and the steps a user runs alone (ingest, re-cluster, re-report).
+"""The flows: the whole pipeline, the steps a user runs alone (ingest, re-cluster, re-report),
+and new documents joining a run's clusters (assign).
 
 Each run lives in ``<output_dir>/runs/<run_id>/``. Every step's key comes from `udl.lineage`
 (the upstream key, the step's config, the code version); tasks are cached on that key inside

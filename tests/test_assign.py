@@ -105,4 +105,16 @@ def test_only_a_kmeans_run_can_be_joined(tmp_path: Path, small_corpus: Path) -> 
         check_assign(config, "dense")
     with pytest.raises(ConfigError, match="new run id"):
         check_assign(config.with_overrides({"runtime.run_id": "kmeans"}), "kmeans")
+    with pytest.raises(ConfigError, match="run dense exists and is not an assign run"):
+        check_assign(config.with_overrides({"runtime.run_id": "dense"}), "kmeans")
+    vectors = config.with_overrides({"input.embedding_column": "vec"})
+    with pytest.raises(ConfigError, match="trained an encoder: new documents must come"):
+        check_assign(vectors, "kmeans")
+    assigned = RunLayout(tmp_path, "joined")
+    write_json_atomic(assigned.manifest, {"status": "assigned", "previous_run_id": "kmeans"})
+    write_json_atomic(assigned.step_record("cluster"), {"algorithm": None})
+    with pytest.raises(ConfigError, match="documents assigned to the clusters of run kmeans"):
+        check_assign(config, "joined")
+    resumed = config.with_overrides({"runtime.run_id": "joined"})
+    assert check_assign(resumed, "kmeans").run_id == "kmeans"
     assert check_assign(config, "kmeans") == RunLayout(tmp_path.resolve(), "kmeans")

@@ -331,8 +331,7 @@ def embed_with_checkpoint(
         features_dir: their features, made with the run's IDF (`udl.features.transform_features`).
         embeddings_dir: output dataset, atomic.
         encoder_dir: the run's ``models/encoder`` checkpoint.
-        encoder_config: the run's encoder settings (``normalize``; ``device`` overrides the
-            checkpoint's).
+        encoder_config: the run's ``normalize``, and the device to embed on.
 
     Raises:
         ConfigError: `encoder_dir` holds no checkpoint this udl can load.

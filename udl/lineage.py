@@ -228,8 +228,13 @@ def rereport_config(layout: RunLayout, report: ReportConfig) -> PipelineConfig:
 
 def assign_config(config: PipelineConfig, source: RunLayout) -> PipelineConfig:
     """The config of new documents joining `source`'s clusters: their own input and runtime
-    settings, and the preprocessing, encoder and clustering that `source` fitted."""
-    return config.inherit(config_of(source), ("preprocess", "encoder", "cluster"))
+    settings (and encoder device), and the preprocessing, encoder and clustering that
+    `source` fitted; texts are cut at `source`'s ``input.max_chars``, as its documents were."""
+    source_config = config_of(source)
+    joined = config.inherit(source_config, ("preprocess", "encoder", "cluster"))
+    return joined.with_overrides(
+        {"input.max_chars": source_config.input.max_chars, "encoder.device": config.encoder.device}
+    )
 
 
 def joined_key(step: str, upstream: str, source: RunLayout) -> str:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from udl.config import LATEST_RUN, PipelineConfig, RuntimeConfig
 from udl.datasets import RunLayout
 from udl.errors import ConfigError
-from udl.lineage import RECLUSTER_REUSES
+from udl.lineage import RECLUSTER_REUSES, config_of
 from udl.readers import read_source
 from udl.sources import Source, resolve_sources
 from udl.storage import read_json
@@ -116,6 +116,12 @@ def reusable_run(output_dir: str, run_id: str, steps: tuple[str, ...]) -> RunLay
         ConfigError: no such run, or one of `steps` has no record in it.
     """
     layout = existing_run(output_dir, run_id)
+    manifest = read_json(layout.manifest)
+    if manifest.get("status") == "assigned":
+        raise ConfigError(
+            f"run {layout.run_id} holds documents assigned to the clusters of run "
+            f"{manifest.get('previous_run_id')} (udl assign), not a clustering run; choose that run"
+        )
     for step in steps:
         if not layout.step_record(step).exists():
             raise ConfigError(
@@ -144,13 +150,30 @@ def check_assign(config: PipelineConfig, source_run: str) -> RunLayout:
     documents' input (see `check_run_inputs`).
 
     Raises:
-        ConfigError: no such run, it has not clustered, it ran DBSCAN, or `config` names it
-            as the new run.
+        ConfigError: no such run, it has not clustered, it ran DBSCAN or another kind of
+            input (supplied vectors or text), or `config` names it or another existing run
+            (not an earlier assign into it) as the new run.
         InputDataError: see `check_run_inputs`.
     """
     source = reusable_run(config.runtime.output_dir, source_run, ("cluster",))
     if config.runtime.run_id == source.run_id:
         raise ConfigError("assign needs a new run id, not the id of the run it joins")
+    # Rerunning an assign run resumes it; any other existing run is not to be overwritten.
+    target = RunLayout(source.output_dir, config.runtime.run_id or "")
+    if config.runtime.run_id and target.manifest.exists():
+        joined = read_json(target.manifest).get("previous_run_id")
+        if target.step_record("report").exists() or joined != source.run_id:
+            raise ConfigError(
+                f"run {target.run_id} exists and is not an assign run into run "
+                f"{source.run_id}; choose a new run id"
+            )
+    supplied = config_of(source).input.embedding_column is not None
+    if (config.input.embedding_column is not None) != supplied:
+        how = "embedded supplied vectors" if supplied else "trained an encoder"
+        raise ConfigError(
+            f"run {source.run_id} {how}: new documents must come the same way "
+            "(input.embedding_column set for both or for neither)"
+        )
     algorithm = read_json(source.step_record("cluster")).get("algorithm")
     if algorithm != "kmeans":
         raise ConfigError(
