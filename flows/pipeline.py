@@ -26,12 +26,13 @@ from prefect import flow, get_run_logger
 from tasks._common import for_run
 from tasks.assign import assign_task, embed_new_task, transform_task
 from tasks.steps import cluster_task, embed_task, ingest_task, preprocess_task, report_task
+from tasks.update import keep_clusters_task, reuse_embeddings_task, reuse_features_task
 from udl import lineage
 from udl.config import PipelineConfig, ReportConfig
 from udl.datasets import RunLayout
 from udl.manifest import new_run_id, recording, write_manifest
 from udl.preflight import check_assign, check_recluster, reusable_run
-from udl.storage import read_json
+from udl.storage import read_json, write_json_atomic
 
 __all__ = [
     "assign_documents",
@@ -56,14 +57,51 @@ def _quiet_dask_logs() -> None:
 
 
 def _cluster_and_report(
-    layout: RunLayout, config: PipelineConfig, embed_key: str, previous: RunLayout | None
+    layout: RunLayout,
+    config: PipelineConfig,
+    embed_key: str,
+    previous: RunLayout | None,
+    keep_clusters: bool = False,
 ) -> None:
     runtime = config.runtime
-    followed = lineage.followed_models(layout, config, previous)
-    key = lineage.cluster_key(embed_key, config, followed)
-    for_run(cluster_task, layout, runtime)(layout, config, key, followed)
+    if keep_clusters and previous is not None:
+        key = lineage.reused_key("cluster", embed_key, previous)
+        for_run(keep_clusters_task, layout, runtime)(layout, config, key, previous)
+    else:
+        followed = lineage.followed_models(layout, config, previous)
+        key = lineage.cluster_key(embed_key, config, followed)
+        for_run(cluster_task, layout, runtime)(layout, config, key, followed)
     key = lineage.report_key(key, config, previous)
     for_run(report_task, layout, runtime)(layout, config, key, previous)
+
+
+def _preprocess_and_embed(
+    layout: RunLayout, config: PipelineConfig, ingested: str, previous: RunLayout | None
+) -> tuple[str, bool]:
+    """Features and embeddings under the update policy (`udl.config.UpdateConfig`): reused
+    from `previous` for the texts it had, or all computed; ``update.json`` says which and why.
+    Returns the embed step's key and whether the previous clusters are kept."""
+    runtime = config.runtime
+    policy, reason = lineage.update_policy(config, previous)
+    update = {"asked": config.update.policy, "policy": policy, "reason": reason}
+    if policy != "full" and previous is not None:
+        key = lineage.reused_key("preprocess", ingested, previous)
+        features = for_run(reuse_features_task, layout, runtime)(layout, config, key, previous)
+        key = lineage.reused_key("embed", key, previous)
+        embedded = for_run(reuse_embeddings_task, layout, runtime)(layout, config, key, previous)
+        policy = lineage.after_drift(policy, embedded["drift"], config)
+        update |= {"policy": policy, "changes": features["changes"], "drift": embedded["drift"]}
+        if policy == "refresh" and lineage.unchanged(features["changes"]):
+            policy, update["reason"] = "frozen", "nothing changed: the clusters are kept"
+    if policy == "full":
+        key = lineage.preprocess_key(ingested, config)
+        for_run(preprocess_task, layout, runtime)(layout, config, key)
+        key = lineage.embed_key(key, config)
+        space = lineage.embedding_space(config, key)
+        for_run(embed_task, layout, runtime)(layout, config, key, space)
+    update["clusters"] = "kept" if policy == "frozen" else "fitted"
+    write_json_atomic(layout.update, update)
+    return key, policy == "frozen"
 
 
 @flow(name="udl-pipeline", log_prints=True)
@@ -78,14 +116,10 @@ def clustering_pipeline(config: PipelineConfig = PipelineConfig()) -> str:  # no
     previous = lineage.pin_previous_run(layout)
     config = lineage.resolve_warm_start(config, previous)
     with recording(layout, config, previous):
-        key = lineage.ingest_key(layout, config)
-        for_run(ingest_task, layout, runtime)(layout, config, key)
-        key = lineage.preprocess_key(key, config)
-        for_run(preprocess_task, layout, runtime)(layout, config, key)
-        key = lineage.embed_key(key, config)
-        space = lineage.embedding_space(config, key)
-        for_run(embed_task, layout, runtime)(layout, config, key, space)
-        _cluster_and_report(layout, config, key, previous)
+        ingested = lineage.ingest_key(layout, config)
+        for_run(ingest_task, layout, runtime)(layout, config, ingested)
+        key, keep_clusters = _preprocess_and_embed(layout, config, ingested, previous)
+        _cluster_and_report(layout, config, key, previous, keep_clusters)
     return str(layout.run_dir)
 
 

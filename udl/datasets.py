@@ -150,6 +150,11 @@ class RunLayout:
         return self.run_dir / "cache"
 
     @property
+    def update(self) -> Path:
+        """The update policy the run applied, why, what changed and the drift check."""
+        return self.run_dir / "update.json"
+
+    @property
     def manifest(self) -> Path:
         return self.run_dir / "manifest.json"
 

@@ -34,6 +34,7 @@ from udl.datasets import (
     TFIDF_FILE,
     VOCABULARY_FILE,
     RunLayout,
+    read_feature_width,
 )
 from udl.errors import ConfigError, UdlError
 from udl.fingerprint import source_fingerprint, step_key
@@ -42,6 +43,7 @@ from udl.storage import read_json, write_json_atomic
 __all__ = [
     "RECLUSTER_REUSES",
     "WARM_START_PREVIOUS",
+    "after_drift",
     "assign_config",
     "centroids_fingerprint",
     "cluster_key",
@@ -59,7 +61,10 @@ __all__ = [
     "rereport_config",
     "resolve_warm_start",
     "reuse_steps",
+    "reused_key",
     "space_of",
+    "unchanged",
+    "update_policy",
 ]
 
 log = logging.getLogger(__name__)
@@ -268,3 +273,72 @@ def reuse_steps(source: RunLayout, target: RunLayout, steps: tuple[str, ...]) ->
                 shutil.copy2(src, dst)
         write_json_atomic(target.step_record(step), {**record, "reused_from": source.run_id})
     return record
+
+
+_THOROUGHNESS = ("frozen", "refresh", "full")
+
+
+def _encoder_settings(config: PipelineConfig) -> dict[str, Any]:
+    """The encoder settings that shape its vectors (not where it runs or starts from)."""
+    return config.run_encoder.model_dump(exclude={"device", "warm_start"})
+
+
+def _reusable_models(previous: RunLayout) -> str | None:
+    """Why `previous`'s fitted models cannot embed this run's documents, or None."""
+    for path in (previous.models / TFIDF_FILE, previous.encoder / ENCODER_CONFIG_FILE):
+        if not path.exists():
+            return f"run {previous.run_id} has no {path.name}"
+    try:
+        read_feature_width(previous.models)
+    except UdlError:
+        return f"run {previous.run_id} was written by an older udl"
+    return None
+
+
+def update_policy(config: PipelineConfig, previous: RunLayout | None) -> tuple[str, str | None]:
+    """The update policy this run can apply (``update.policy`` or a more thorough one) and
+    why it differs from the one asked for (None when it does not)."""
+    asked = config.update.policy
+    if asked == "full":
+        return "full", None
+    if previous is None:
+        return "full", "there is no previous run"
+    before = config_of(previous)
+    reason = None
+    if config.input.embedding_column is not None or before.input.embedding_column is not None:
+        reason = "supplied vectors are read, not computed"
+    elif before.preprocess != config.preprocess:
+        reason = f"the preprocess settings differ from run {previous.run_id}'s"
+    elif _encoder_settings(before) != _encoder_settings(config):
+        reason = f"the encoder settings differ from run {previous.run_id}'s"
+    else:
+        reason = _reusable_models(previous)
+    if reason is not None:
+        return "full", reason
+    if asked == "frozen":
+        if before.cluster.algorithm != "kmeans":
+            return "refresh", f"run {previous.run_id} has no k-means centroids to keep"
+        if before.cluster.model_dump(exclude={"assign_batch_size"}) != config.cluster.model_dump(
+            exclude={"assign_batch_size"}
+        ):
+            return "refresh", f"the cluster settings differ from run {previous.run_id}'s"
+    return asked, None
+
+
+def after_drift(policy: str, drift: dict[str, Any] | None, config: PipelineConfig) -> str:
+    """`policy`, or ``update.on_drift`` when the drift check passed its threshold and that is
+    the more thorough of the two."""
+    if not drift or not drift.get("exceeded"):
+        return policy
+    wanted = config.update.on_drift
+    return max(policy, wanted, key=_THOROUGHNESS.index)
+
+
+def unchanged(changes: dict[str, int]) -> bool:
+    """Whether an incremental run's corpus is the previous run's (`udl.incremental.Changes`)."""
+    return not (changes["new"] or changes["changed"] or changes["deleted"])
+
+
+def reused_key(step: str, upstream: str, previous: RunLayout) -> str:
+    """The key of a step that reuses `previous`'s fitted `step` for unchanged documents."""
+    return step_key(f"{step}-reused", upstream, recorded_key(previous, step))

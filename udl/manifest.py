@@ -60,8 +60,8 @@ def versions() -> dict[str, str]:
 def write_manifest(
     layout: RunLayout, config: PipelineConfig, status: str, previous: RunLayout | None = None
 ) -> dict[str, Any]:
-    """Write ``manifest.json``: config, status, the run it follows, per-step row counts and
-    timings, versions."""
+    """Write ``manifest.json``: config, status, the run it follows, the update policy it
+    applied (``update.json``), per-step row counts and timings, versions."""
     steps = {}
     for step in STEPS:
         path = layout.step_record(step)
@@ -71,6 +71,7 @@ def write_manifest(
         "run_id": layout.run_id,
         "status": status,
         "previous_run_id": previous.run_id if previous else None,
+        "update": read_json(layout.update) if layout.update.exists() else None,
         "config": config.model_dump(mode="json"),
         "steps": steps,
         "rows": {step: rec.get("rows") for step, rec in steps.items()},

@@ -26,6 +26,7 @@ from udl import schema as S
 
 __all__ = [
     "BackgroundWriter",
+    "PartRows",
     "PartWriter",
     "atomic_dir",
     "dataset_parts",
@@ -271,3 +272,36 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 def read_json(path: Path) -> Any:
     """Read a JSON file written by `write_json_atomic`."""
     return json.loads(path.read_text())
+
+
+class PartRows:
+    """Rows of a dataset by row number over all its parts (corpus order), reading a part when
+    first asked for it and keeping the last two: consecutive documents of an incremental run
+    mostly come from the same few parts of the previous run."""
+
+    def __init__(self, folder: Path) -> None:
+        self.parts = dataset_parts(folder)
+        counts = [pq.ParquetFile(p).metadata.num_rows for p in self.parts]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._cache: dict[int, pa.Table] = {}
+
+    def _part(self, index: int) -> pa.Table:
+        if index not in self._cache:
+            if len(self._cache) >= 2:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[index] = pq.read_table(self.parts[index])
+        return self._cache[index]
+
+    def take(self, rows: NDArray[np.int64]) -> pa.Table:
+        """The rows, in the order asked."""
+        part_of = np.searchsorted(self.starts, rows, side="right") - 1
+        pieces, order = [], []
+        for index in np.unique(part_of):
+            picked = np.flatnonzero(part_of == index)
+            local = rows[picked] - self.starts[index]
+            pieces.append(self._part(int(index)).take(pa.array(local)))
+            order.append(picked)
+        if not pieces:
+            return self._part(0).slice(0, 0) if self.parts else pa.table({})
+        table = pa.concat_tables(pieces)
+        return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))

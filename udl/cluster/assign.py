@@ -35,9 +35,15 @@ from udl.datasets import (
     read_has_features,
 )
 from udl.errors import ConfigError, SchemaError
-from udl.storage import atomic_dir, write_json_atomic, write_part
+from udl.storage import PartRows, atomic_dir, write_json_atomic, write_part
 
-__all__ = ["ClusterResult", "NewAssignments", "assign_to_centroids", "cluster_embeddings"]
+__all__ = [
+    "ClusterResult",
+    "NewAssignments",
+    "assign_to_centroids",
+    "cluster_embeddings",
+    "keep_assignments",
+]
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +340,56 @@ def assign_to_centroids(
             write_part(_assignment_table(corpus_part, doc_ids, labels, run_id), out, i)
             n_docs += len(doc_ids)
             n_empty += int(np.sum(~featured))
+            sizes += np.bincount(labels.ids[labels.ids >= 0], minlength=len(centroids))
+    return NewAssignments(
+        n_docs, len(centroids), {int(c): int(n) for c, n in enumerate(sizes) if n}, n_empty
+    )
+
+
+def keep_assignments(
+    embeddings_dir: Path,
+    corpus_dir: Path,
+    assignments_dir: Path,
+    previous_assignments: Path,
+    models_dir: Path,
+    sources: NDArray[np.int64],
+    metric: Metric,
+    run_id: str,
+    batch_size: int = 65_536,
+) -> NewAssignments:
+    """The assignments of a run under the `frozen` update policy: a document whose text the
+    previous run held keeps that document's cluster id, distance and confidence; the others
+    join the nearest of the previous centroids (``models_dir/centroids.npy``, copied from the
+    previous run). Nothing is refitted, and no cluster id changes.
+
+    Args:
+        sources: per document (corpus order), the previous run's row with its text, or -1
+            (`udl.incremental.read_changes`).
+        previous_assignments: the previous run's ``assignments/``.
+
+    Raises:
+        SchemaError: embeddings and corpus parts that do not line up.
+    """
+    centroids = np.load(models_dir / CENTROIDS_FILE, allow_pickle=False).astype(np.float32)
+    nearest = NearestCentroids(centroids, metric)
+    kept = PartRows(previous_assignments)
+    n_docs = n_empty = 0
+    sizes = np.zeros(len(centroids), np.int64)
+    with atomic_dir(assignments_dir) as out:
+        for i, (emb_part, corpus_part) in enumerate(aligned_parts(embeddings_dir, corpus_dir)):
+            doc_ids, x, _ = read_embeddings(emb_part)
+            featured = read_has_features(emb_part)
+            labels = _label_part(nearest.predict(x, batch_size), featured)
+            part_sources = sources[n_docs : n_docs + len(doc_ids)]
+            reuse = np.flatnonzero(part_sources >= 0)
+            old = kept.take(part_sources[reuse])
+            labels.ids[reuse] = old.column(S.CLUSTER_ID).to_numpy()
+            labels.dist[reuse] = old.column(S.DISTANCE).to_numpy()
+            labels.conf[reuse] = old.column(S.CONFIDENCE).to_numpy()
+            labels.status[reuse] = old.column(S.STATUS).to_numpy(zero_copy_only=False)
+            write_part(_assignment_table(corpus_part, doc_ids, labels, run_id), out, i)
+            n_docs += len(doc_ids)
+            n_empty += int(np.sum(labels.status == S.NO_FEATURES))
             sizes += np.bincount(labels.ids[labels.ids >= 0], minlength=len(centroids))
     return NewAssignments(
         n_docs, len(centroids), {int(c): int(n) for c, n in enumerate(sizes) if n}, n_empty

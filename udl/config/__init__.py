@@ -2,7 +2,7 @@
 
 `PipelineConfig` is the Prefect flow's parameter (the UI renders it as a form), loads from
 YAML with `load_config`, and its JSON dump goes into every run's manifest. One module per
-part of the run: `inputs` (corpus and TF-IDF), `encoder`, `cluster`, `pipeline` (report,
+part of the run: `inputs` (corpus and TF-IDF), `encoder`, `cluster`, `update` (what a run reuses from the one before), `pipeline` (report,
 runtime, the whole and its loading).
 """
 
@@ -24,10 +24,12 @@ from udl.config.pipeline import (
     load_config,
     parse_config,
 )
+from udl.config.update import UPDATE_POLICIES, UpdateConfig
 
 __all__ = [
     "LATEST_RUN",
     "SAMPLE_CORPUS",
+    "UPDATE_POLICIES",
     "AttentionConfig",
     "ClusterConfig",
     "DECConfig",
@@ -39,6 +41,7 @@ __all__ = [
     "ReportConfig",
     "RuntimeConfig",
     "TwoViewConfig",
+    "UpdateConfig",
     "config_hash",
     "load_config",
     "parse_config",

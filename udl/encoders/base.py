@@ -4,9 +4,10 @@ device/seed handling."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol, Self
+from typing import TYPE_CHECKING, ClassVar, Protocol, Self, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,8 +23,10 @@ if TYPE_CHECKING:
     from udl.encoders.training import TrainingResult
 
 __all__ = [
+    "ROW_BLOCK",
     "DocumentBatch",
     "Encoder",
+    "in_row_blocks",
     "principal_subspace",
     "resolve_device",
     "row_norms",
@@ -141,13 +144,35 @@ def row_norms(x: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.sqrt(np.einsum("ij,ij->i", x, x))
 
 
+# Rows per matrix product at inference. BLAS and torch pick their kernels by the number of
+# rows, and kernels sum in different orders: without fixed blocks a document's vector would
+# depend on how many documents were embedded with it (an incremental run embeds a few, a full
+# run all), and reused vectors would not equal a full recompute bit for bit.
+ROW_BLOCK = 256
+
+
+Rows = TypeVar("Rows", NDArray[np.float32], torch.Tensor)
+
+
+def in_row_blocks(product: Callable[[Rows], NDArray[np.float32]], x: Rows) -> NDArray[np.float32]:
+    """`product(x)` (a NumPy array) computed on blocks of exactly `ROW_BLOCK` rows of `x`, a
+    NumPy array or a tensor (the last block padded with zero rows), for a `product` that
+    treats rows independently."""
+    n = len(x)
+    shape = (-(-n // ROW_BLOCK) * ROW_BLOCK, *x.shape[1:])
+    padded = x.new_zeros(shape) if isinstance(x, torch.Tensor) else np.zeros(shape, x.dtype)
+    padded[:n] = x
+    blocks = [product(padded[i : i + ROW_BLOCK]) for i in range(0, len(padded), ROW_BLOCK)]
+    return np.concatenate(blocks)[:n] if blocks else product(x)
+
+
 def subspace_distance(
     x: NDArray[np.float32], mean: NDArray[np.float32], components: NDArray[np.float32]
 ) -> NDArray[np.float32]:
     """Distance (n,) float32 of each row of `x` from the affine subspace `mean` + span of the
     orthonormal rows of `components`: the anomaly score."""
     centred = x - mean
-    centred -= (centred @ components.T) @ components
+    centred -= in_row_blocks(lambda block: (block @ components.T) @ components, centred)
     return row_norms(centred).astype(np.float32, copy=False)
 
 

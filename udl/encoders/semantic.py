@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from udl.config import EncoderConfig
-from udl.encoders.base import seed_everything
+from udl.encoders.base import in_row_blocks, seed_everything
 from udl.encoders.modules import DistilledStudent
 from udl.encoders.teacher import DistilledVocabulary
 from udl.encoders.training import TrainingResult, autocast, epoch_budget, train
@@ -163,8 +163,10 @@ class SemanticView:
             stop = min(start + POOL_CHUNK, n)
             ids, offsets = tokens.take(np.arange(start, stop))
             with autocast(device):
-                vectors = self.student(ids.to(device), offsets.to(device))
-            out[start:stop] = vectors.float().cpu().numpy()
+                pooled = self.student.pool(ids.to(device), offsets.to(device))
+                out[start:stop] = in_row_blocks(
+                    lambda block: self.student.head(block).float().cpu().numpy(), pooled
+                )
         return unit_rows(out)
 
 
