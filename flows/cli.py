@@ -17,11 +17,11 @@ from flows.runtime import (
     prefect_api,
     short_udl_errors,
 )
-from flows.summary import assigned_line, summary_lines
+from flows.summary import assigned_line, summary_lines, update_line
 from udl import __version__
-from udl.config import PipelineConfig, load_config
+from udl.config import UPDATE_POLICIES, PipelineConfig, load_config
 from udl.datasets import RunLayout
-from udl.errors import UdlError
+from udl.errors import ConfigError, UdlError
 from udl.lineage import config_of
 from udl.preflight import (
     check_assign,
@@ -67,6 +67,16 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--run-id", metavar="ID", help="run folder name; reuse one to resume a failed run"
+    )
+
+
+def _add_update_option(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--update",
+        choices=UPDATE_POLICIES,
+        help="what a run takes from the previous one: full (retrain the encoder), refresh "
+        "(embed only new or changed texts, re-cluster all) or frozen (embed only those, keep "
+        f"the clusters); default: {default}",
     )
 
 
@@ -167,9 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("input", metavar="INPUT", help="corpus file, folder, glob or fsspec URL")
     run.add_argument("--output", "-o", metavar="DIR", required=True, help="output root folder")
     _add_config_options(run)
+    _add_update_option(run, "the config's update.policy, full")
     _add_input_options(run)
     _add_encoder_options(run)
     _add_cluster_options(run)
+    run.add_argument(
+        "--neighbours",
+        action="store_true",
+        default=None,
+        help="also index the embeddings for `udl similar` and write each document's nearest "
+        "neighbours to neighbours/ (neighbours.enabled)",
+    )
 
     ingest = commands.add_parser(
         "ingest",
@@ -213,6 +231,30 @@ def build_parser() -> argparse.ArgumentParser:
     assign.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch device")
     _add_input_options(assign)
 
+    similar = commands.add_parser(
+        "similar",
+        help="print the documents of a run most similar to one of its documents or to a text",
+        description="Search the similar-documents index of run RUN (default: latest; made by "
+        "`udl run --neighbours`) for the documents closest to document ID (itself first) or "
+        "to TEXT, embedded with the run's encoder. Prints rank, cosine similarity, cluster, "
+        "document id and the start of its text.",
+    )
+    similar.add_argument("--output", "-o", metavar="DIR", required=True, help="output root folder")
+    similar.add_argument(
+        "--run", dest="similar_run", default="latest", metavar="RUN", help="run id"
+    )
+    query = similar.add_mutually_exclusive_group(required=True)
+    query.add_argument("--doc-id", metavar="ID", help="a document of the run")
+    query.add_argument("--text", metavar="TEXT", help="a new text")
+    similar.add_argument(
+        "--k",
+        dest="n_similar",
+        type=int,
+        default=10,
+        metavar="N",
+        help="documents to print (default: 10)",
+    )
+
     report = commands.add_parser(
         "report",
         help="rebuild the report of an existing run",
@@ -231,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stopped. Needs PREFECT_API_URL pointing at a Prefect server for the UI.",
     )
     serve.add_argument("--config", metavar="FILE", help="YAML file with the run's PipelineConfig")
+    _add_update_option(serve, "the config's update.policy if it sets one, else refresh")
     serve.add_argument("--name", default="nightly-clustering", help="deployment name")
     serve.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: 02:00 daily)")
     serve.add_argument("--timezone", default="UTC", help="timezone of the schedule (IANA name)")
@@ -256,6 +299,8 @@ OVERRIDES = {
     "epochs": "encoder.epochs",
     "device": "encoder.device",
     "warm_start": "encoder.warm_start",
+    "update": "update.policy",
+    "neighbours": "neighbours.enabled",
     "algorithm": "cluster.algorithm",
     "k": "cluster.k",
     "eps": "cluster.eps",
@@ -289,6 +334,13 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         value = getattr(args, option, None)
         if value is not None:
             overrides[dotted] = value
+    if (
+        args.command == "serve"
+        and args.update is None
+        and "policy" not in base.update.model_fields_set
+    ):
+        # Nightly runs cost only what changed unless the config says otherwise.
+        overrides["update.policy"] = "refresh"
     return base.with_overrides(overrides)
 
 
@@ -305,7 +357,8 @@ def _print_run(run_dir: Path) -> None:
     print(f"metrics:     {layout.metrics}")
     print(f"latest:      {layout.latest}")
     metrics = read_json(layout.metrics)
-    for line in summary_lines(metrics):
+    update = update_line(read_json(layout.update)) if layout.update.exists() else None
+    for line in [*summary_lines(metrics), *([update] if update else [])]:
         print(line)
     # Contract with the report: metrics.json lists every step's warnings (udl.report).
     for warning in metrics.get("warnings", []):
@@ -333,8 +386,39 @@ def _preflight(args: argparse.Namespace, config: PipelineConfig) -> None:
         check_assign(config, args.source_run)
     elif args.command == "report":
         reusable_run(args.output, args.report_run, ("cluster",))
+    elif args.command == "similar":
+        layout = reusable_run(args.output, args.similar_run, ("cluster",))
+        if not layout.step_record("neighbours").exists():
+            raise ConfigError(
+                f"run {layout.run_id} has no similar-documents index; make one with "
+                "`udl run --neighbours` (neighbours.enabled: true)"
+            )
+        if args.n_similar < 1:
+            raise ConfigError(f"--k must be at least 1, got {args.n_similar}")
     else:
         check_output(config.runtime.output_dir)
+
+
+def _similar(args: argparse.Namespace) -> None:
+    """Print the documents most similar to --doc-id or --text (no Prefect: a lookup)."""
+    from udl.similar import find_similar
+
+    layout = existing_run(args.output, args.similar_run)
+    run_config = config_of(layout)
+    run_config = run_config.with_overrides({"encoder.device": "auto"})
+    hits = find_similar(
+        layout, args.n_similar, doc_id=args.doc_id, text=args.text, config=run_config
+    )
+    print(
+        f"run {layout.run_id}: the {len(hits)} documents most similar to "
+        + (f"document {args.doc_id}" if args.doc_id is not None else "the text")
+    )
+    print(f"{'rank':>4}  {'similarity':>10}  {'cluster':>7}  document")
+    for hit in hits:
+        snippet = " ".join(hit.text.split())[:100]
+        print(
+            f"{hit.rank:>4}  {hit.similarity:>10.4f}  {hit.cluster_id:>7}  {hit.doc_id}: {snippet}"
+        )
 
 
 def _serve(args: argparse.Namespace, config: PipelineConfig) -> None:
@@ -393,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             _serve(args, config)
+        elif args.command == "similar":
+            _similar(args)
         else:
             _dispatch(args, config)
     except UdlError as exc:

@@ -25,7 +25,14 @@ from prefect import flow, get_run_logger
 
 from tasks._common import for_run
 from tasks.assign import assign_task, embed_new_task, transform_task
-from tasks.steps import cluster_task, embed_task, ingest_task, preprocess_task, report_task
+from tasks.steps import (
+    cluster_task,
+    embed_task,
+    ingest_task,
+    neighbours_task,
+    preprocess_task,
+    report_task,
+)
 from tasks.update import keep_clusters_task, reuse_embeddings_task, reuse_features_task
 from udl import lineage
 from udl.config import PipelineConfig, ReportConfig
@@ -71,6 +78,9 @@ def _cluster_and_report(
         followed = lineage.followed_models(layout, config, previous)
         key = lineage.cluster_key(embed_key, config, followed)
         for_run(cluster_task, layout, runtime)(layout, config, key, followed)
+    if config.neighbours.enabled:
+        indexed = lineage.neighbours_key(embed_key, config)
+        for_run(neighbours_task, layout, runtime)(layout, config, indexed)
     key = lineage.report_key(key, config, previous)
     for_run(report_task, layout, runtime)(layout, config, key, previous)
 

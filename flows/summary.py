@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["assigned_line", "summary_lines"]
+__all__ = ["assigned_line", "summary_lines", "update_line"]
 
 LABEL_SCORES = ("nmi", "ari", "acc")
 
@@ -49,4 +49,18 @@ def assigned_line(ingested: dict[str, Any], assigned: dict[str, Any]) -> str:
         f"{assigned['n_clusters']} clusters of run {assigned['source_run']} "
         f"({assigned['n_no_features']:,} without features, not assigned); "
         f"{rejected:,} {'row' if rejected == 1 else 'rows'} rejected"
+    )
+
+
+def update_line(update: dict[str, Any]) -> str | None:
+    """What an incremental run reused and embedded (from its ``update.json``); None for a
+    run that asked for a full recompute and got one."""
+    policy, changes = update["policy"], update.get("changes")
+    if changes is None:
+        return None if update["asked"] == "full" else f"update:      {policy} ({update['reason']})"
+    clusters = "clusters kept" if update["clusters"] == "kept" else "clusters fitted again"
+    return (
+        f"update:      {policy}: {changes['computed']:,} texts embedded, {changes['reused']:,} "
+        f"reused ({changes['new']:,} new, {changes['changed']:,} changed, "
+        f"{changes['deleted']:,} deleted); {clusters}"
     )

@@ -19,12 +19,20 @@ from udl.corpus import ingest
 from udl.datasets import RunLayout, mark_latest
 from udl.embed import embed_corpus
 from udl.features import compute_features
-from udl.manifest import STEPS
+from udl.manifest import OPTIONAL_STEPS, STEPS
 from udl.parallel import dask_client
 from udl.report import ReportResult, build_report
+from udl.similar import build_index, write_neighbours
 from udl.storage import read_json
 
-__all__ = ["cluster_task", "embed_task", "ingest_task", "preprocess_task", "report_task"]
+__all__ = [
+    "cluster_task",
+    "embed_task",
+    "ingest_task",
+    "neighbours_task",
+    "preprocess_task",
+    "report_task",
+]
 
 MAX_TABLE_ROWS = 100
 
@@ -100,6 +108,25 @@ def cluster_task(
     return run_step(layout, "cluster", key, compute)
 
 
+@task(name="neighbours", **STEP_OPTIONS)
+def neighbours_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
+    """Index the embeddings with FAISS and write each document's neighbours to `neighbours/`."""
+
+    def compute() -> dict:
+        info = build_index(layout.embeddings, layout.models, config.neighbours, config.runtime.seed)
+        rows = write_neighbours(
+            layout.embeddings, layout.models, layout.neighbours, config.neighbours.k
+        )
+        return {
+            "rows": info.n_docs,
+            "neighbour_rows": rows,
+            "k": config.neighbours.k,
+            **asdict(info),
+        }
+
+    return run_step(layout, "neighbours", key, compute)
+
+
 def _artifacts(result: ReportResult) -> None:
     """Headline metrics (markdown) and a cluster table in the Prefect UI; data stays in Parquet."""
     create_markdown_artifact(markdown=result.summary_markdown(), key="udl-run-summary")
@@ -112,7 +139,11 @@ def report_task(
 ) -> dict:
     """Evaluate, compare with the `previous` run, write `report/`, publish artifacts, point
     `<output_dir>/latest` here."""
-    steps = {step: read_json(layout.step_record(step)) for step in STEPS[:-1]}
+    steps = {
+        step: read_json(layout.step_record(step))
+        for step in (*STEPS[:-1], *OPTIONAL_STEPS)
+        if step in STEPS or layout.step_record(step).exists()
+    }
 
     def compute() -> dict:
         result = build_report(layout, config, steps, previous)

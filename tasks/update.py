@@ -11,11 +11,12 @@ from prefect import task
 
 from tasks._common import STEP_OPTIONS, run_step
 from udl import schema as S
+from udl.changes import delta_path, read_changes
 from udl.cluster.assign import keep_assignments
 from udl.cluster.drift import measure_drift
 from udl.config import PipelineConfig
 from udl.datasets import CENTROIDS_FILE, RunLayout, decode_vectors
-from udl.incremental import copy_models, read_changes, reuse_embeddings, reuse_features
+from udl.incremental import copy_models, reuse_embeddings, reuse_features
 from udl.lineage import space_of
 from udl.parallel import dask_client
 from udl.storage import read_json
@@ -82,8 +83,8 @@ def keep_clusters_task(
     def compute() -> dict:
         copy_models(previous.models, layout.models, (CENTROIDS_FILE,))
         result = keep_assignments(
-            layout.embeddings,
             layout.corpus,
+            delta_path(layout, "embeddings"),
             layout.assignments,
             previous.assignments,
             layout.models,

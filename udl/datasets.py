@@ -35,6 +35,8 @@ __all__ = [
     "ENCODER_TOKENIZER_FILE",
     "ENCODER_WEIGHTS_FILE",
     "METRICS_FILE",
+    "NEIGHBOURS_INDEX_FILE",
+    "NEIGHBOUR_IDS_FILE",
     "REPORT_FILE",
     "TFIDF_FILE",
     "VOCABULARY_FILE",
@@ -65,6 +67,9 @@ ENCODER_DIR = "encoder"
 ENCODER_CONFIG_FILE = "config.json"
 ENCODER_WEIGHTS_FILE = "weights.pt"
 ENCODER_TOKENIZER_FILE = "tokenizer.json"  # the two-view student's tokenizer
+# models/: the neighbours step's FAISS index and the doc id of each of its rows.
+NEIGHBOURS_INDEX_FILE = "neighbours.faiss"
+NEIGHBOUR_IDS_FILE = "neighbour_ids.parquet"
 # models/: the cluster step's centroids (row i = cluster i) and its cross-run id alignment.
 CENTROIDS_FILE = "centroids.npy"
 ALIGNMENT_FILE = "alignment.json"
@@ -106,6 +111,11 @@ class RunLayout:
     @property
     def assignments(self) -> Path:
         return self.run_dir / "assignments"
+
+    @property
+    def neighbours(self) -> Path:
+        """Each document's most similar documents (the optional neighbours step)."""
+        return self.run_dir / "neighbours"
 
     @property
     def models(self) -> Path:

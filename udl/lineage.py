@@ -53,6 +53,7 @@ __all__ = [
     "followed_models",
     "ingest_key",
     "joined_key",
+    "neighbours_key",
     "pin_previous_run",
     "preprocess_key",
     "recluster_config",
@@ -206,8 +207,16 @@ def cluster_key(upstream: str, config: PipelineConfig, followed: Path | None) ->
     return step_key("cluster", upstream, config.cluster, config.runtime.seed, followed_centroids)
 
 
+def neighbours_key(upstream: str, config: PipelineConfig) -> str:
+    """The neighbours step's key: the embed step's key and the index settings."""
+    return step_key("neighbours", upstream, config.neighbours, config.runtime.seed)
+
+
 def report_key(upstream: str, config: PipelineConfig, previous: RunLayout | None) -> str:
-    return step_key("report", upstream, config.report, previous and previous.run_id)
+    """The report step's key; it lists neighbours when the run has them."""
+    return step_key(
+        "report", upstream, config.report, config.neighbours, previous and previous.run_id
+    )
 
 
 def recorded_key(layout: RunLayout, step: str) -> str:

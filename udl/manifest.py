@@ -21,6 +21,7 @@ from udl.redact import redact
 from udl.storage import read_json, write_json_atomic
 
 __all__ = [
+    "OPTIONAL_STEPS",
     "STEPS",
     "new_run_id",
     "recording",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 STEPS = ("ingest", "preprocess", "embed", "cluster", "report")
+OPTIONAL_STEPS = ("neighbours",)  # after cluster, before report, when configured
 PACKAGES = ("udl", "torch", "faiss-cpu", "pyarrow", "dask", "scikit-learn", "prefect", "numpy")
 
 
@@ -63,7 +65,7 @@ def write_manifest(
     """Write ``manifest.json``: config, status, the run it follows, the update policy it
     applied (``update.json``), per-step row counts and timings, versions."""
     steps = {}
-    for step in STEPS:
+    for step in (*STEPS, *OPTIONAL_STEPS):
         path = layout.step_record(step)
         if path.exists():
             steps[step] = read_json(path)

@@ -22,6 +22,7 @@ import numpy as np
 from jinja2 import Undefined
 from numpy.typing import NDArray
 
+from udl.changes import document_moves
 from udl.compare import compare_runs
 from udl.config import PipelineConfig
 from udl.datasets import RunLayout, read_feature_width, read_vocabulary
@@ -42,6 +43,7 @@ from udl.report_inputs import (
     read_alignment,
     read_centroids,
     read_sample,
+    read_similar,
     rejects_by_reason,
     stream_parts,
 )
@@ -143,6 +145,15 @@ def _compare(layout: RunLayout, previous: RunLayout, metrics: dict[str, Any]) ->
     ) | {"previous_run_id": previous.run_id}
 
 
+def _update(layout: RunLayout, previous: RunLayout | None) -> dict[str, Any]:
+    """The update policy the run applied (``update.json``) and, when it reused the previous
+    run's encoder (so cluster ids are comparable), the documents whose cluster changed."""
+    update = read_json(layout.update)
+    if previous is not None and update.get("changes") is not None:
+        update["moves"] = document_moves(layout, previous)
+    return update
+
+
 def _same_space(layout: RunLayout, previous: RunLayout) -> bool:
     """Whether both runs recorded one embedding space; unknown (runs written without a space
     record) counts as the same, as before spaces were recorded."""
@@ -236,6 +247,8 @@ def build_report(
             f"Not compared with the previous run {previous.run_id}: it has no report "
             f"({previous.metrics} is missing)."
         )
+    if layout.update.exists():
+        metrics["update"] = _update(layout, previous)
     metrics["warnings"] = _warnings(steps, own)
     # The report's own time, up to its HTML: the timings table would otherwise miss a step.
     metrics["timings"]["report"] = time.perf_counter() - started
@@ -247,6 +260,7 @@ def build_report(
         layout.metrics,
     )
     write_json_atomic(result.metrics_path, metrics)
+    representatives = [e.doc_id for c in description.clusters for e in c.examples]
     render_html(
         result.html_path,
         result.run_id,
@@ -256,6 +270,7 @@ def build_report(
         scores.per_cluster(),
         config.report.outlier_fraction,
         undefined,
+        similar=read_similar(layout, representatives),
     )
     log.info("report written to %s", layout.report)
     return result

@@ -98,9 +98,11 @@ def render_html(
     silhouettes: dict[int, float],
     outlier_fraction: float,
     undefined: type[Undefined] = Undefined,
+    similar: dict[str, list[dict[str, Any]]] | None = None,
 ) -> None:
     """Write the report page to `path` (through a temporary file); `undefined` is what the
-    template does with a missing value (tests pass `jinja2.StrictUndefined`)."""
+    template does with a missing value (tests pass `jinja2.StrictUndefined`); `similar`: the
+    nearest neighbours of representative documents, by doc id (`read_similar`)."""
     comparison = metrics.get("comparison")
     candidates = metrics["selection"].get("candidates", [])
     env = Environment(
@@ -122,6 +124,7 @@ def render_html(
         silhouettes=silhouettes,
         outlier_fraction=outlier_fraction,
         no_features_reason=NO_FEATURES_REASON,
+        similar=similar or {},
     )
     tmp = path.with_suffix(".tmp")
     tmp.write_text(html, encoding="utf-8")

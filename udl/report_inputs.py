@@ -187,3 +187,33 @@ def read_centroids(layout: RunLayout) -> NDArray[np.float32]:
     """A run's centroids (k, dim); an empty (0, 0) array when the run has none saved."""
     path = layout.centroids
     return np.load(path) if path.exists() else np.zeros((0, 0), np.float32)
+
+
+def read_similar(
+    layout: RunLayout, doc_ids: list[str], per_doc: int = 3
+) -> dict[str, list[dict[str, Any]]]:
+    """The `per_doc` nearest neighbours of each of `doc_ids` (from ``neighbours/``), each with
+    its similarity, cluster and text; empty when the run has no neighbours step."""
+    if not layout.neighbours.is_dir() or not doc_ids:
+        return {}
+    hits = pq.read_table(
+        layout.neighbours,
+        filters=[(S.DOC_ID, "in", doc_ids), ("rank", "<=", per_doc)],
+    ).sort_by([(S.DOC_ID, "ascending"), ("rank", "ascending")])
+    wanted = [(S.DOC_ID, "in", list(set(hits.column("neighbour_id").to_pylist())))]
+    clusters = pq.read_table(layout.assignments, columns=[S.DOC_ID, S.CLUSTER_ID], filters=wanted)
+    texts = pq.read_table(layout.corpus, columns=[S.DOC_ID, S.TEXT], filters=wanted)
+    cluster_of = dict(zip(*clusters.to_pydict().values(), strict=True))
+    text_of = dict(zip(*texts.to_pydict().values(), strict=True))
+    similar: dict[str, list[dict[str, Any]]] = {}
+    for row in hits.to_pylist():
+        neighbour = row["neighbour_id"]
+        similar.setdefault(row[S.DOC_ID], []).append(
+            {
+                "doc_id": neighbour,
+                "similarity": row["similarity"],
+                "cluster_id": cluster_of.get(neighbour, -1),
+                "text": text_of.get(neighbour, ""),
+            }
+        )
+    return similar

@@ -10,6 +10,7 @@ __all__ = [
     "FEATURES_SCHEMA",
     "HAS_FEATURES",
     "LABEL",
+    "NEIGHBOURS_SCHEMA",
     "REJECTS_SCHEMA",
     "STATUS",
     "STATUSES",
@@ -106,5 +107,14 @@ ASSIGNMENTS_SCHEMA = pa.schema(
         pa.field(CONFIDENCE, pa.float32(), nullable=False),
         pa.field(RUN_ID, pa.string(), nullable=False),
         pa.field(STATUS, pa.string(), nullable=False),  # one of STATUSES
+    ]
+)
+
+NEIGHBOURS_SCHEMA = pa.schema(
+    [
+        pa.field(DOC_ID, pa.string(), nullable=False),
+        pa.field("neighbour_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),  # 1 = the most similar other document
+        pa.field("similarity", pa.float32(), nullable=False),  # cosine similarity
     ]
 )

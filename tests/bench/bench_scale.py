@@ -93,15 +93,15 @@ def _hwm_mib(pid: int) -> float | None:
 class Sampler(threading.Thread):
     """Peak RSS per (step, role) of a process tree, and each process's lifetime peak."""
 
-    def __init__(self, root: int, output: Path) -> None:
+    def __init__(self, root: int, output: Path, earlier: frozenset[str] = frozenset()) -> None:
         super().__init__(daemon=True)
-        self.root, self.output = psutil.Process(root), output
+        self.root, self.output, self.earlier = psutil.Process(root), output, earlier
         self.stop = threading.Event()
         self.step_peaks: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.lifetime: dict[int, tuple[str, float]] = {}
 
     def _current_step(self) -> str:
-        runs = list((self.output / "runs").glob("*"))
+        runs = [p for p in (self.output / "runs").glob("*") if p.name not in self.earlier]
         if not runs:
             return "startup"
         done = {p.stem for p in (runs[0] / "steps").glob("*.json")}
@@ -132,13 +132,10 @@ class Sampler(threading.Thread):
             self.stop.wait(SAMPLE_SECONDS)
 
 
-def run_size(n_docs: int, encoder: str) -> dict:
-    folder = build_input(n_docs)
-    output = WORKDIR / "out" / f"{n_docs}-{encoder}"
-    shutil.rmtree(output, ignore_errors=True)
-    output.mkdir(parents=True)
-    config = output.parent / f"config-{n_docs}-{encoder}.json"  # JSON is YAML
-    config.write_text(json.dumps(_config(folder, encoder)))
+def run_pipeline(folder: Path, output: Path, config: dict, label: str) -> dict:
+    """`udl run` on `folder` into `output` (a child process, sampled); its figures."""
+    config_path = output.parent / f"config-{label}.json"  # JSON is YAML
+    config_path.write_text(json.dumps(config))
     command = [
         str(Path(sys.executable).parent / "udl"),
         "run",
@@ -146,35 +143,46 @@ def run_size(n_docs: int, encoder: str) -> dict:
         "--output",
         str(output),
         "--config",
-        str(config),
+        str(config_path),
     ]
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-    log = output.parent / f"run-{n_docs}-{encoder}.log"
+    log = output.parent / f"run-{label}.log"
+    before = frozenset(p.name for p in (output / "runs").glob("*"))
     started = time.perf_counter()
     with log.open("w") as sink:
         child = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        sampler = Sampler(child.pid, output)
+        sampler = Sampler(child.pid, output, before)
         sampler.start()
         code = child.wait()
         sampler.stop.set()
         sampler.join()
     wall = time.perf_counter() - started
     if code != 0:
-        raise SystemExit(f"udl run on {n_docs} docs failed ({code}); see {log}")
-    manifest = json.loads(next((output / "runs").glob("*/manifest.json")).read_text())
+        raise SystemExit(f"udl run ({label}) failed ({code}); see {log}")
+    (run_dir,) = [p for p in (output / "runs").glob("*") if p.name not in before]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
     lifetime: dict[str, float] = defaultdict(float)
     for role, hwm in sampler.lifetime.values():
         lifetime[role] = max(lifetime[role], hwm)
     return {
-        "docs": n_docs,
-        "encoder": encoder,
+        "run_id": run_dir.name,
         "wall_seconds": wall,
         "rows": manifest["rows"],
         "step_seconds": {s: manifest["steps"][s]["seconds"] for s in STEPS},
         "step_peak_mib": {s: dict(p) for s, p in sampler.step_peaks.items()},
         "lifetime_peak_mib": dict(lifetime),
         "n_processes": len(sampler.lifetime),
+        "update": manifest.get("update"),
     }
+
+
+def run_size(n_docs: int, encoder: str) -> dict:
+    folder = build_input(n_docs)
+    output = WORKDIR / "out" / f"{n_docs}-{encoder}"
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir(parents=True)
+    figures = run_pipeline(folder, output, _config(folder, encoder), f"{n_docs}-{encoder}")
+    return {"docs": n_docs, "encoder": encoder, **figures}
 
 
 def _table(rows: list[dict]) -> str:

@@ -35,7 +35,7 @@ from udl.datasets import (
     read_has_features,
 )
 from udl.errors import ConfigError, SchemaError
-from udl.storage import PartRows, atomic_dir, write_json_atomic, write_part
+from udl.storage import PartRows, atomic_dir, dataset_parts, write_json_atomic, write_part
 
 __all__ = [
     "ClusterResult",
@@ -347,8 +347,8 @@ def assign_to_centroids(
 
 
 def keep_assignments(
-    embeddings_dir: Path,
     corpus_dir: Path,
+    computed_embeddings: Path,
     assignments_dir: Path,
     previous_assignments: Path,
     models_dir: Path,
@@ -363,30 +363,51 @@ def keep_assignments(
     previous run). Nothing is refitted, and no cluster id changes.
 
     Args:
+        corpus_dir: the run's corpus; label and metadata columns are carried over.
+        computed_embeddings: the embeddings of the documents computed (``sources < 0``), in
+            corpus order (``delta/embeddings``).
         sources: per document (corpus order), the previous run's row with its text, or -1
-            (`udl.incremental.read_changes`).
+            (`udl.changes.read_changes`).
         previous_assignments: the previous run's ``assignments/``.
-
-    Raises:
-        SchemaError: embeddings and corpus parts that do not line up.
     """
     centroids = np.load(models_dir / CENTROIDS_FILE, allow_pickle=False).astype(np.float32)
-    nearest = NearestCentroids(centroids, metric)
-    kept = PartRows(previous_assignments)
-    n_docs = n_empty = 0
+    computed_parts = dataset_parts(computed_embeddings) if computed_embeddings.is_dir() else []
+    if computed_parts:
+        _, x, _ = read_embeddings(computed_embeddings)
+        featured = np.concatenate([read_has_features(p) for p in computed_parts])
+        found = _label_part(NearestCentroids(centroids, metric).predict(x, batch_size), featured)
+    else:
+        found = _label_part(
+            (np.empty(0, np.int32), np.empty(0, np.float32), np.empty(0, np.float32)),
+            np.empty(0, np.bool_),
+        )
+    previous = PartRows(previous_assignments)
+    n_docs = n_fresh = n_empty = 0
     sizes = np.zeros(len(centroids), np.int64)
+    fields = (
+        ("ids", S.CLUSTER_ID),
+        ("dist", S.DISTANCE),
+        ("conf", S.CONFIDENCE),
+        ("status", S.STATUS),
+    )
     with atomic_dir(assignments_dir) as out:
-        for i, (emb_part, corpus_part) in enumerate(aligned_parts(embeddings_dir, corpus_dir)):
-            doc_ids, x, _ = read_embeddings(emb_part)
-            featured = read_has_features(emb_part)
-            labels = _label_part(nearest.predict(x, batch_size), featured)
+        for i, corpus_part in enumerate(dataset_parts(corpus_dir)):
+            doc_ids = pq.read_table(corpus_part, columns=[S.DOC_ID]).column(S.DOC_ID).to_pylist()
             part_sources = sources[n_docs : n_docs + len(doc_ids)]
-            reuse = np.flatnonzero(part_sources >= 0)
-            old = kept.take(part_sources[reuse])
-            labels.ids[reuse] = old.column(S.CLUSTER_ID).to_numpy()
-            labels.dist[reuse] = old.column(S.DISTANCE).to_numpy()
-            labels.conf[reuse] = old.column(S.CONFIDENCE).to_numpy()
-            labels.status[reuse] = old.column(S.STATUS).to_numpy(zero_copy_only=False)
+            reused = part_sources >= 0
+            kept = previous.take(part_sources[reused])
+            fresh = slice(n_fresh, n_fresh + int(np.sum(~reused)))
+            n_fresh = fresh.stop
+            labels = _Labels(
+                np.empty(len(doc_ids), np.int32),
+                np.empty(len(doc_ids), np.float32),
+                np.empty(len(doc_ids), np.float32),
+                np.empty(len(doc_ids), object),
+            )
+            for name, column in fields:
+                values = getattr(labels, name)
+                values[reused] = kept.column(column).to_numpy(zero_copy_only=False)
+                values[~reused] = getattr(found, name)[fresh]
             write_part(_assignment_table(corpus_part, doc_ids, labels, run_id), out, i)
             n_docs += len(doc_ids)
             n_empty += int(np.sum(labels.status == S.NO_FEATURES))

@@ -2,7 +2,7 @@
 
 `PipelineConfig` is the Prefect flow's parameter (the UI renders it as a form), loads from
 YAML with `load_config`, and its JSON dump goes into every run's manifest. One module per
-part of the run: `inputs` (corpus and TF-IDF), `encoder`, `cluster`, `update` (what a run reuses from the one before), `pipeline` (report,
+part of the run: `inputs` (corpus and TF-IDF), `encoder`, `cluster`, `neighbours` (similar documents), `update` (what a run reuses from the one before), `pipeline` (report,
 runtime, the whole and its loading).
 """
 
@@ -15,6 +15,7 @@ from udl.config.encoder import (
     TwoViewConfig,
 )
 from udl.config.inputs import SAMPLE_CORPUS, InputConfig, PreprocessConfig
+from udl.config.neighbours import NeighboursConfig
 from udl.config.pipeline import (
     LATEST_RUN,
     PipelineConfig,
@@ -35,6 +36,7 @@ __all__ = [
     "DECConfig",
     "EncoderConfig",
     "InputConfig",
+    "NeighboursConfig",
     "PipelineConfig",
     "PreprocessConfig",
     "PretrainedConfig",

@@ -14,6 +14,7 @@ from udl.config._base import Frozen, StrOrNone
 from udl.config.cluster import ClusterConfig
 from udl.config.encoder import EncoderConfig
 from udl.config.inputs import InputConfig, PreprocessConfig
+from udl.config.neighbours import NeighboursConfig
 from udl.config.update import UpdateConfig
 from udl.errors import ConfigError
 
@@ -93,6 +94,7 @@ class PipelineConfig(Frozen):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    neighbours: NeighboursConfig = Field(default_factory=NeighboursConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     update: UpdateConfig = Field(default_factory=UpdateConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)

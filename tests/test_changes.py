@@ -1,0 +1,106 @@
+"""`udl.changes` and `udl.incremental` without Prefect: what counts as new, changed, deleted
+and reusable, and the merge of reused and computed rows; the `--update` option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from flows.cli import build_parser, config_from_args
+from flows.summary import update_line
+from udl import schema as S
+from udl.changes import content_hashes, find_changes, read_changes
+from udl.datasets import RunLayout
+from udl.incremental import merge_rows
+from udl.storage import PartRows, write_part
+
+
+def _corpus(layout: RunLayout, parts: list[list[tuple[str, str]]]) -> None:
+    layout.corpus.mkdir(parents=True)
+    for index, rows in enumerate(parts):
+        ids, texts = zip(*rows, strict=True) if rows else ((), ())
+        table = pa.table(
+            {S.DOC_ID: pa.array(ids, pa.string()), S.TEXT: pa.array(texts, pa.string())}
+        )
+        write_part(table, layout.corpus, index)
+
+
+def test_hashes_tell_texts_apart_and_agree_across_calls() -> None:
+    texts = pa.array(["a", "b", "a", "", "A"])
+    hashes = content_hashes(texts)
+    assert hashes.shape == (5, 2) and hashes.dtype == np.uint64
+    assert (hashes[0] == hashes[2]).all()
+    assert len({tuple(h) for h in hashes}) == 4
+    np.testing.assert_array_equal(content_hashes(pa.chunked_array([texts])), hashes)
+
+
+def test_changes_count_by_id_and_reuse_by_text(tmp_path: Path) -> None:
+    before, now = RunLayout(tmp_path, "before"), RunLayout(tmp_path, "now")
+    _corpus(before, [[("1", "one"), ("2", "two")], [("3", "three"), ("4", "four")]])
+    # 1 unchanged; 2 changed (to 4's old text); 3 deleted; 4 unchanged; 5 new (3's old text);
+    # 6 new with a text nobody had.
+    _corpus(now, [[("4", "four"), ("1", "one")], [("2", "four"), ("5", "three"), ("6", "six")]])
+    changes = find_changes(now, before)
+    assert changes.record() == {
+        "new": 2,
+        "changed": 1,
+        "deleted": 1,
+        "unchanged": 2,
+        "computed": 1,
+        "reused": 4,
+    }
+    # Rows in the earlier run's corpus order: one=0, two=1, three=2, four=3.
+    assert changes.sources.tolist() == [3, 0, 3, 2, -1]
+    np.testing.assert_array_equal(read_changes(now), changes.sources)
+    assert (now.run_dir / "content.npy").is_file()  # the next run reads them back
+
+
+def test_merge_puts_reused_and_computed_rows_in_corpus_order(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    write_part(pa.table({"doc_id": ["a", "b"], "x": [1, 2]}), old, 0)
+    write_part(pa.table({"doc_id": ["c"], "x": [3]}), old, 1)
+    computed = pa.table({"doc_id": ["n1", "n2"], "x": [10, 20]})
+    sources = np.array([2, -1, 0, -1, 1])
+    schema = pq.read_schema(old / "part-00000.parquet")
+    merge_rows([3, 2], sources, PartRows(old), computed, tmp_path / "new", schema)
+    parts = sorted((tmp_path / "new").glob("part-*.parquet"))
+    assert [pq.read_table(p)["x"].to_pylist() for p in parts] == [[3, 10, 1], [20, 2]]
+    with pytest.raises(ValueError, match="1 computed rows for 2 documents"):
+        merge_rows([3, 2], sources, PartRows(old), computed.slice(0, 1), tmp_path / "x", schema)
+
+
+def test_serve_refreshes_unless_the_config_says_otherwise(tmp_path: Path) -> None:
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["serve"])).update.policy == "refresh"
+    frozen = tmp_path / "frozen.yaml"
+    frozen.write_text(yaml.safe_dump({"update": {"policy": "full"}}))
+    args = parser.parse_args(["serve", "--config", str(frozen)])
+    assert config_from_args(args).update.policy == "full"
+    args = parser.parse_args(["run", "c.csv", "--output", str(tmp_path), "--update", "frozen"])
+    assert config_from_args(args).update.policy == "frozen"
+    assert config_from_args(parser.parse_args(["run", "c.csv", "-o", "o"])).update.policy == "full"
+
+
+def test_update_line_says_what_was_embedded_and_reused() -> None:
+    changes = {
+        "new": 10,
+        "changed": 5,
+        "deleted": 5,
+        "unchanged": 985,
+        "computed": 15,
+        "reused": 990,
+    }
+    update = {"asked": "refresh", "policy": "refresh", "reason": None, "clusters": "fitted"}
+    assert update_line({**update, "changes": changes}) == (
+        "update:      refresh: 15 texts embedded, 990 reused (10 new, 5 changed, 5 deleted); "
+        "clusters fitted again"
+    )
+    full = {"asked": "refresh", "policy": "full", "reason": "there is no previous run"}
+    assert update_line(full) == "update:      full (there is no previous run)"
+    assert update_line({"asked": "full", "policy": "full", "reason": None}) is None

@@ -1,0 +1,196 @@
+"""What changed between a run's corpus and the corpus of the run it follows: documents new,
+changed (same id, another text), deleted or unchanged, which earlier row holds each text, and
+afterwards which documents changed cluster and why.
+
+Content hashes are two independent 64-bit SipHashes of the ingested text (after
+``input.max_chars``): a text counts as known only when both agree (a false match needs a
+128-bit collision). Each run saves its hashes (``content.npy``) for the run after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from numpy.typing import NDArray
+
+from udl import schema as S
+from udl.datasets import RunLayout
+from udl.storage import dataset_parts
+
+__all__ = [
+    "DELTA_DIR",
+    "Changes",
+    "content_hashes",
+    "delta_path",
+    "document_moves",
+    "find_changes",
+    "read_changes",
+]
+
+log = logging.getLogger(__name__)
+
+DELTA_DIR = "delta"  # inside the run folder: the reuse plan and the datasets of computed rows
+
+# Two fixed SipHash keys (16 characters each): the same hashes in every process and release.
+_HASH_KEYS = ("udl-content-0001", "udl-content-0002")
+CONTENT_FILE = "content.npy"  # (n, 2) uint64 hashes of the run's corpus, in corpus order
+SOURCES_FILE = "sources.npy"  # per corpus row: the previous run's row it reuses, or -1
+
+
+def content_hashes(texts: pa.Array | pa.ChunkedArray) -> NDArray[np.uint64]:
+    """(n, 2) uint64: two independent 64-bit hashes of each text."""
+    values = texts.to_numpy(zero_copy_only=False)
+    return np.stack(
+        [pd.util.hash_array(values, hash_key=key, categorize=False) for key in _HASH_KEYS], axis=1
+    )
+
+
+def _corpus_ids_and_hashes(layout: RunLayout) -> tuple[NDArray[np.object_], NDArray[np.uint64]]:
+    """Doc ids and content hashes of a run's corpus (hashes from ``content.npy`` when saved)."""
+    ids, hashes = [], []
+    saved = layout.run_dir / CONTENT_FILE
+    for part in dataset_parts(layout.corpus):
+        columns = [S.DOC_ID] if saved.is_file() else [S.DOC_ID, S.TEXT]
+        table = pq.read_table(part, columns=columns)
+        ids.append(table.column(S.DOC_ID).to_numpy(zero_copy_only=False))
+        if not saved.is_file():
+            hashes.append(content_hashes(table.column(S.TEXT)))
+    doc_ids = np.concatenate(ids) if ids else np.empty(0, object)
+    if saved.is_file():
+        content = np.load(saved, allow_pickle=False)
+    else:
+        content = np.concatenate(hashes) if hashes else np.empty((0, 2), np.uint64)
+    return doc_ids, content
+
+
+def _save_array(array: NDArray[Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """How this run's corpus differs from the previous run's, and what it reuses.
+
+    Attributes:
+        sources: per document of this run (corpus order), the previous run's row (corpus
+            order) holding the same text, or -1 where features and embedding are computed.
+        n_new: ids the previous run did not have.
+        n_changed: ids the previous run had with another text.
+        n_deleted: ids of the previous run that are gone.
+        n_unchanged: ids with the same text.
+    """
+
+    sources: NDArray[np.int64]
+    n_new: int
+    n_changed: int
+    n_deleted: int
+    n_unchanged: int
+
+    @property
+    def n_computed(self) -> int:
+        """Documents whose features and embedding are computed (no earlier row has the text)."""
+        return int(np.sum(self.sources < 0))
+
+    def record(self) -> dict[str, int]:
+        return {
+            "new": self.n_new,
+            "changed": self.n_changed,
+            "deleted": self.n_deleted,
+            "unchanged": self.n_unchanged,
+            "computed": self.n_computed,
+            "reused": len(self.sources) - self.n_computed,
+        }
+
+
+def find_changes(layout: RunLayout, previous: RunLayout) -> Changes:
+    """Compare `layout`'s corpus with `previous`'s; save this run's content hashes and the
+    reuse plan (``delta/sources.npy``, read back by `read_changes`)."""
+    ids, hashes = _corpus_ids_and_hashes(layout)
+    old_ids, old_hashes = _corpus_ids_and_hashes(previous)
+    _save_array(hashes, layout.run_dir / CONTENT_FILE)
+
+    # Reuse by text: the first earlier row with both hashes equal.
+    by_hash = pd.Series(np.arange(len(old_hashes)), index=old_hashes[:, 0])
+    by_hash = by_hash[~by_hash.index.duplicated(keep="first")]
+    found = by_hash.reindex(hashes[:, 0]).to_numpy()
+    hit = ~np.isnan(found)
+    sources = np.full(len(hashes), -1, np.int64)
+    candidates = found[hit].astype(np.int64)
+    agree = old_hashes[candidates, 1] == hashes[hit, 1]
+    sources[np.flatnonzero(hit)[agree]] = candidates[agree]
+
+    # New, changed, deleted: by id.
+    at = pd.Index(old_ids).get_indexer(ids)
+    known = at >= 0
+    same = np.zeros(len(ids), np.bool_)
+    same[known] = np.all(old_hashes[at[known]] == hashes[known], axis=1)
+    changes = Changes(
+        sources=sources,
+        n_new=int(np.sum(~known)),
+        n_changed=int(np.sum(known & ~same)),
+        n_deleted=len(old_ids) - int(np.sum(known)),
+        n_unchanged=int(np.sum(same)),
+    )
+    delta = layout.run_dir / DELTA_DIR
+    delta.mkdir(parents=True, exist_ok=True)
+    _save_array(sources, delta / SOURCES_FILE)
+    log.info("changes since run %s: %s", previous.run_id, changes.record())
+    return changes
+
+
+def delta_path(layout: RunLayout, name: str) -> Path:
+    """A dataset of the computed documents of an incremental run (``corpus``, ``features``,
+    ``embeddings``), in ``delta/``."""
+    return layout.run_dir / DELTA_DIR / name
+
+
+def read_changes(layout: RunLayout) -> NDArray[np.int64]:
+    """The reuse plan `find_changes` saved (per document, the previous run's row or -1)."""
+    return np.load(layout.run_dir / DELTA_DIR / SOURCES_FILE, allow_pickle=False)
+
+
+def document_moves(layout: RunLayout, previous: RunLayout, limit: int = 10) -> dict[str, Any]:
+    """Documents of both runs (same id) whose cluster id changed, counted by why: their text
+    changed, or the clusters were fitted again around them; `limit` examples of each.
+    Meaningful when both runs share cluster ids (the same embedding space, ids aligned)."""
+
+    def clusters(run: RunLayout) -> tuple[NDArray[np.object_], NDArray[np.int32]]:
+        table = pq.read_table(run.assignments, columns=[S.DOC_ID, S.CLUSTER_ID])
+        ids = table.column(S.DOC_ID).to_numpy(zero_copy_only=False)
+        return ids, table.column(S.CLUSTER_ID).to_numpy()
+
+    ids, now = clusters(layout)
+    old_ids, before = clusters(previous)
+    corpus_ids, hashes = _corpus_ids_and_hashes(layout)
+    old_corpus_ids, old_hashes = _corpus_ids_and_hashes(previous)
+    at = pd.Index(old_ids).get_indexer(ids)
+    both = np.flatnonzero(at >= 0)
+    moved = both[now[both] != before[at[both]]]
+    # Assignments and corpus hold the same documents in the same order.
+    text_at = pd.Index(old_corpus_ids).get_indexer(corpus_ids[moved])
+    edited = np.any(hashes[moved] != old_hashes[text_at], axis=1)
+    examples = {
+        why: [
+            {"doc_id": str(ids[i]), "was": int(before[at[i]]), "now": int(now[i])}
+            for i in moved[mask][:limit]
+        ]
+        for why, mask in (("text_changed", edited), ("refitted", ~edited))
+    }
+    return {
+        "n_moved": len(moved),
+        "n_moved_text_changed": int(edited.sum()),
+        "n_moved_refitted": int((~edited).sum()),
+        "examples": examples,
+    }
