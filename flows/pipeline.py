@@ -92,16 +92,27 @@ def _preprocess_and_embed(
     from `previous` for the texts it had, or all computed; ``update.json`` says which and why.
     Returns the embed step's key and whether the previous clusters are kept."""
     runtime = config.runtime
+    lineage.check_same_update(layout, config)
     policy, reason = lineage.update_policy(config, previous)
-    update = {"asked": config.update.policy, "policy": policy, "reason": reason}
+    update = {
+        "asked": config.update.policy,
+        "settings": config.update.model_dump(),
+        "policy": policy,
+        "reason": reason,
+    }
     if policy != "full" and previous is not None:
         key = lineage.reused_key("preprocess", ingested, previous)
         features = for_run(reuse_features_task, layout, runtime)(layout, config, key, previous)
-        key = lineage.reused_key("embed", key, previous)
+        # The drift check's verdict is part of the record: its settings are part of the key.
+        key = lineage.reused_key("embed", key, previous, config.update)
         embedded = for_run(reuse_embeddings_task, layout, runtime)(layout, config, key, previous)
         policy = lineage.after_drift(policy, embedded["drift"], config)
         update |= {"policy": policy, "changes": features["changes"], "drift": embedded["drift"]}
-        if policy == "refresh" and lineage.unchanged(features["changes"]):
+        if (
+            policy == "refresh"
+            and lineage.unchanged(features["changes"])
+            and lineage.clusters_not_kept(config, previous) is None
+        ):
             policy, update["reason"] = "frozen", "nothing changed: the clusters are kept"
     if policy == "full":
         key = lineage.preprocess_key(ingested, config)

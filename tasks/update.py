@@ -17,7 +17,7 @@ from udl.cluster.drift import measure_drift
 from udl.config import PipelineConfig
 from udl.datasets import CENTROIDS_FILE, RunLayout, decode_vectors
 from udl.incremental import copy_models, reuse_embeddings, reuse_features
-from udl.lineage import space_of
+from udl.lineage import config_of, space_of
 from udl.parallel import dask_client
 from udl.storage import read_json
 
@@ -57,7 +57,7 @@ def reuse_embeddings_task(
             decode_vectors(computed.column(S.EMBEDDING))[featured],
             previous.models,
             previous.assignments,
-            config.cluster.metric,
+            config_of(previous).cluster.metric,  # the metric of the distances compared
             config.update.drift_threshold,
         )
         return {

@@ -17,7 +17,7 @@ from udl import schema as S
 from udl.changes import content_hashes, find_changes, read_changes
 from udl.datasets import RunLayout
 from udl.incremental import merge_rows
-from udl.storage import PartRows, write_part
+from udl.storage import write_part
 
 
 def _corpus(layout: RunLayout, parts: list[list[tuple[str, str]]]) -> None:
@@ -57,22 +57,33 @@ def test_changes_count_by_id_and_reuse_by_text(tmp_path: Path) -> None:
     # Rows in the earlier run's corpus order: one=0, two=1, three=2, four=3.
     assert changes.sources.tolist() == [3, 0, 3, 2, -1]
     np.testing.assert_array_equal(read_changes(now), changes.sources)
-    assert (now.run_dir / "content.npy").is_file()  # the next run reads them back
+    assert (now.run_dir / "content.npz").is_file()  # the next run reads them back
 
 
-def test_merge_puts_reused_and_computed_rows_in_corpus_order(tmp_path: Path) -> None:
+def test_merge_puts_reused_and_computed_rows_in_corpus_order_under_corpus_ids(
+    tmp_path: Path,
+) -> None:
     old = tmp_path / "old"
     old.mkdir()
     write_part(pa.table({"doc_id": ["a", "b"], "x": [1, 2]}), old, 0)
     write_part(pa.table({"doc_id": ["c"], "x": [3]}), old, 1)
+    # The new corpus: c's text under id "z" (ids derived from shifted rows), two new texts.
+    layout = RunLayout(tmp_path, "now")
+    _corpus(layout, [[("z", "t3"), ("n1", "t"), ("a", "t1")], [("n2", "t"), ("b", "t2")]])
     computed = pa.table({"doc_id": ["n1", "n2"], "x": [10, 20]})
     sources = np.array([2, -1, 0, -1, 1])
     schema = pq.read_schema(old / "part-00000.parquet")
-    merge_rows([3, 2], sources, PartRows(old), computed, tmp_path / "new", schema)
-    parts = sorted((tmp_path / "new").glob("part-*.parquet"))
-    assert [pq.read_table(p)["x"].to_pylist() for p in parts] == [[3, 10, 1], [20, 2]]
+    merge_rows(layout.corpus, sources, old, computed, tmp_path / "new", schema)
+    parts = [pq.read_table(p) for p in sorted((tmp_path / "new").glob("part-*.parquet"))]
+    assert [p["x"].to_pylist() for p in parts] == [[3, 10, 1], [20, 2]]
+    assert [p["doc_id"].to_pylist() for p in parts] == [["z", "n1", "a"], ["n2", "b"]]
     with pytest.raises(ValueError, match="1 computed rows for 2 documents"):
-        merge_rows([3, 2], sources, PartRows(old), computed.slice(0, 1), tmp_path / "x", schema)
+        merge_rows(layout.corpus, sources, old, computed.slice(0, 1), tmp_path / "x", schema)
+    # Rows wanted in an order unrelated to the parts: the same result.
+    shuffled = np.array([1, -1, 2, -1, 0])
+    merge_rows(layout.corpus, shuffled, old, computed, tmp_path / "mixed", schema)
+    mixed = [pq.read_table(p) for p in sorted((tmp_path / "mixed").glob("part-*.parquet"))]
+    assert [p["x"].to_pylist() for p in mixed] == [[2, 10, 3], [20, 1]]
 
 
 def test_serve_refreshes_unless_the_config_says_otherwise(tmp_path: Path) -> None:

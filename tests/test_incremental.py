@@ -119,6 +119,19 @@ def test_refresh_embeds_only_new_and_changed_texts_as_a_full_recompute_would(
         assert reused.num_rows == 1000 - N_DELETED + N_NEW
         assert reused.equals(recomputed), dataset
 
+    html = (run_dir / "report" / "index.html").read_text()
+    assert "What changed" in html and "Update policy <b>refresh</b>" in html
+    metrics = read_json(run_dir / "report" / "metrics.json")
+    assert metrics["update"]["changes"] == update["changes"]
+    moves = metrics["update"]["moves"]
+    assert moves["n_moved"] == moves["n_moved_text_changed"] + moves["n_moved_refitted"]
+
+    # The same run id again with other update settings would mix both policies' outputs.
+    from udl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="started with update settings"):
+        clustering_pipeline(_config(nights["night2"], output, "night2", policy="frozen"))
+
     before, after = _assignments(first), _assignments(run_dir)
     assert len(after) == 1000 - N_DELETED + N_NEW and after.index.is_unique
     kept = before.index.intersection(after.index)
@@ -186,11 +199,11 @@ def test_drift_past_the_threshold_escalates_the_policy(
     other = sample_frame[~sample_frame["label"].isin(first["label"])].head(300)
     corpus = nights["root"] / "drifted.parquet"
     pd.concat([first[["doc_id", "text", "label"]], other]).to_parquet(corpus, index=False)
-    config = _config(corpus, output, "drifted", policy="frozen", drift_threshold=0.01)
+    config = _config(corpus, output, "drifted", policy="frozen", drift_threshold=0.2)
     run_dir = Path(clustering_pipeline(config.with_overrides({"update.on_drift": "refresh"})))
     update = read_json(run_dir / "update.json")
     assert update["drift"]["n_checked"] == 300 and update["drift"]["exceeded"]
-    assert update["drift"]["far_share"] > 0.01
+    assert update["drift"]["far_share"] > 0.2
     assert update["policy"] == "refresh" and update["clusters"] == "fitted"
 
 

@@ -6,11 +6,19 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from udl.storage import BackgroundWriter, dataset_parts, read_ahead
+from udl.storage import (
+    BackgroundWriter,
+    PartRows,
+    contiguous_runs,
+    dataset_parts,
+    read_ahead,
+    write_part,
+)
 
 
 def test_read_ahead_yields_every_item_in_order_reading_on_another_thread() -> None:
@@ -53,3 +61,35 @@ def test_background_writer_surfaces_a_failed_write(tmp_path: Path) -> None:
         writer.write(pa.table({"x": [1]}), missing, 0)
         with pytest.raises(OSError):
             writer.write(pa.table({"x": [2]}), tmp_path, 1)
+
+
+def test_float_vectors_are_stored_plain_and_every_other_column_zstd(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "doc_id": ["a", "b"],
+            "indices": pa.array([[1, 2], [3]], pa.list_(pa.int32())),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array([0.5] * 8, pa.float32()), 4),
+            "label": ["x", "y"],
+        }
+    )
+    row_group = pq.ParquetFile(write_part(table, tmp_path, 0)).metadata.row_group(0)
+    codecs = {
+        row_group.column(i).path_in_schema: row_group.column(i).compression
+        for i in range(row_group.num_columns)
+    }
+    assert codecs == {
+        "doc_id": "ZSTD",
+        "indices.list.element": "ZSTD",
+        "embedding.list.element": "UNCOMPRESSED",
+        "label": "ZSTD",
+    }
+    assert pq.read_table(tmp_path / "part-00000.parquet").equals(table)
+
+
+def test_part_rows_slices_across_parts_and_takes_in_any_order(tmp_path: Path) -> None:
+    write_part(pa.table({"x": [0, 1, 2]}), tmp_path, 0)
+    write_part(pa.table({"x": [3, 4]}), tmp_path, 1)
+    rows = PartRows(tmp_path)
+    assert pa.concat_tables(rows.slices(1, 4))["x"].to_pylist() == [1, 2, 3, 4]
+    assert rows.take(np.array([4, 0, 1, 3]))["x"].to_pylist() == [4, 0, 1, 3]
+    assert contiguous_runs(np.array([5, 6, 7, 2, 3, 9])) == [(0, 3), (3, 2), (5, 1)]

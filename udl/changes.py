@@ -4,7 +4,7 @@ afterwards which documents changed cluster and why.
 
 Content hashes are two independent 64-bit SipHashes of the ingested text (after
 ``input.max_chars``): a text counts as known only when both agree (a false match needs a
-128-bit collision). Each run saves its hashes (``content.npy``) for the run after it.
+128-bit collision). Each run saves its hashes (``content.npz``) for the run after it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from udl import schema as S
 from udl.datasets import RunLayout
-from udl.storage import dataset_parts
+from udl.storage import dataset_parts, read_json
 
 __all__ = [
     "DELTA_DIR",
@@ -42,7 +42,7 @@ DELTA_DIR = "delta"  # inside the run folder: the reuse plan and the datasets of
 
 # Two fixed SipHash keys (16 characters each): the same hashes in every process and release.
 _HASH_KEYS = ("udl-content-0001", "udl-content-0002")
-CONTENT_FILE = "content.npy"  # (n, 2) uint64 hashes of the run's corpus, in corpus order
+CONTENT_FILE = "content.npz"  # hashes (n, 2) uint64 of the corpus in order, and the ingest key
 SOURCES_FILE = "sources.npy"  # per corpus row: the previous run's row it reuses, or -1
 
 
@@ -54,22 +54,51 @@ def content_hashes(texts: pa.Array | pa.ChunkedArray) -> NDArray[np.uint64]:
     )
 
 
-def _corpus_ids_and_hashes(layout: RunLayout) -> tuple[NDArray[np.object_], NDArray[np.uint64]]:
-    """Doc ids and content hashes of a run's corpus (hashes from ``content.npy`` when saved)."""
+def _ingest_key(layout: RunLayout) -> str:
+    record = layout.step_record("ingest")
+    return str(read_json(record)["key"]) if record.exists() else ""
+
+
+def _saved_hashes(layout: RunLayout, n_docs: int) -> NDArray[np.uint64] | None:
+    """The hashes `layout` saved of its corpus, if they are of the corpus it holds now (the
+    same ingest, the same row count): a run id rerun on another input re-ingests."""
+    path = layout.run_dir / CONTENT_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        if str(saved["ingest_key"]) != _ingest_key(layout) or len(saved["hashes"]) != n_docs:
+            return None
+        return saved["hashes"]
+
+
+def _corpus_ids_and_hashes(
+    layout: RunLayout, reuse_saved: bool
+) -> tuple[NDArray[np.object_], NDArray[np.uint64]]:
+    """Doc ids and content hashes of a run's corpus; with `reuse_saved`, the hashes the run
+    saved (`save_hashes`) when they are still its corpus's."""
+    parts = dataset_parts(layout.corpus)
+    n_docs = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    saved = _saved_hashes(layout, n_docs) if reuse_saved else None
+    columns = [S.DOC_ID] if saved is not None else [S.DOC_ID, S.TEXT]
     ids, hashes = [], []
-    saved = layout.run_dir / CONTENT_FILE
-    for part in dataset_parts(layout.corpus):
-        columns = [S.DOC_ID] if saved.is_file() else [S.DOC_ID, S.TEXT]
+    for part in parts:
         table = pq.read_table(part, columns=columns)
         ids.append(table.column(S.DOC_ID).to_numpy(zero_copy_only=False))
-        if not saved.is_file():
+        if saved is None:
             hashes.append(content_hashes(table.column(S.TEXT)))
     doc_ids = np.concatenate(ids) if ids else np.empty(0, object)
-    if saved.is_file():
-        content = np.load(saved, allow_pickle=False)
-    else:
-        content = np.concatenate(hashes) if hashes else np.empty((0, 2), np.uint64)
-    return doc_ids, content
+    if saved is not None:
+        return doc_ids, saved
+    return doc_ids, np.concatenate(hashes) if hashes else np.empty((0, 2), np.uint64)
+
+
+def _save_hashes(layout: RunLayout, hashes: NDArray[np.uint64]) -> None:
+    """Keep a run's content hashes, with the ingest they describe, for the run after it."""
+    path = layout.run_dir / CONTENT_FILE
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, hashes=hashes, ingest_key=np.array(_ingest_key(layout)))
+    os.replace(tmp, path)
 
 
 def _save_array(array: NDArray[Any], path: Path) -> None:
@@ -117,9 +146,9 @@ class Changes:
 def find_changes(layout: RunLayout, previous: RunLayout) -> Changes:
     """Compare `layout`'s corpus with `previous`'s; save this run's content hashes and the
     reuse plan (``delta/sources.npy``, read back by `read_changes`)."""
-    ids, hashes = _corpus_ids_and_hashes(layout)
-    old_ids, old_hashes = _corpus_ids_and_hashes(previous)
-    _save_array(hashes, layout.run_dir / CONTENT_FILE)
+    ids, hashes = _corpus_ids_and_hashes(layout, reuse_saved=False)
+    old_ids, old_hashes = _corpus_ids_and_hashes(previous, reuse_saved=True)
+    _save_hashes(layout, hashes)
 
     # Reuse by text: the first earlier row with both hashes equal.
     by_hash = pd.Series(np.arange(len(old_hashes)), index=old_hashes[:, 0])
@@ -173,8 +202,8 @@ def document_moves(layout: RunLayout, previous: RunLayout, limit: int = 10) -> d
 
     ids, now = clusters(layout)
     old_ids, before = clusters(previous)
-    corpus_ids, hashes = _corpus_ids_and_hashes(layout)
-    old_corpus_ids, old_hashes = _corpus_ids_and_hashes(previous)
+    corpus_ids, hashes = _corpus_ids_and_hashes(layout, reuse_saved=True)
+    old_corpus_ids, old_hashes = _corpus_ids_and_hashes(previous, reuse_saved=True)
     at = pd.Index(old_ids).get_indexer(ids)
     both = np.flatnonzero(at >= 0)
     moved = both[now[both] != before[at[both]]]

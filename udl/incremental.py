@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
+from udl import schema as S
 from udl.changes import Changes, delta_path, find_changes, read_changes
 from udl.config import EncoderConfig, PreprocessConfig
 from udl.datasets import ENCODER_DIR, TFIDF_FILE, VOCABULARY_FILE, RunLayout
@@ -61,15 +62,16 @@ def write_delta_corpus(corpus_dir: Path, sources: NDArray[np.int64], out_dir: Pa
 
 
 def merge_rows(
-    target_parts: list[int],
+    corpus_dir: Path,
     sources: NDArray[np.int64],
-    previous: PartRows,
+    previous: Path,
     computed: pa.Table,
     out_dir: Path,
     schema: pa.Schema,
 ) -> None:
-    """Write a dataset part-aligned with a corpus of `target_parts` rows per part: each row
-    from `previous` (``sources >= 0``) or, in order, from `computed` (``sources < 0``).
+    """Write a dataset part-aligned with `corpus_dir`: each row from the `previous` dataset
+    (``sources >= 0``) or, in order, from `computed` (``sources < 0``), under the corpus's
+    doc id (a reused text may have had another id, or have been a duplicate's).
 
     Raises:
         ValueError: `computed` does not hold exactly the rows to compute.
@@ -78,37 +80,40 @@ def merge_rows(
         raise ValueError(
             f"{computed.num_rows} computed rows for {int(np.sum(sources < 0))} documents"
         )
+    # Rows in the previous run's order read part by part; in another order, all at once.
+    reused = sources[sources >= 0]
+    rows = PartRows(previous, keep_all=len(contiguous_runs(reused)) > len(reused) // 16 + 1)
     # Rows are numbered as one sequence: the previous rows, a gap, then the computed ones, so
     # that each run of consecutive numbers is one zero-copy slice of either.
-    first_computed = int(previous.starts[-1]) + 1
+    first_computed = int(rows.starts[-1]) + 1
     fresh = sources < 0
     numbers = np.where(fresh, first_computed + np.cumsum(fresh) - 1, sources)
     offset = 0
+    id_field = schema.field(S.DOC_ID)
     # Writing part k (Parquet encoding releases the GIL) overlaps reading for part k + 1.
     with atomic_dir(out_dir) as out, BackgroundWriter() as writer:
-        for index, n_rows in enumerate(target_parts):
-            part = numbers[offset : offset + n_rows]
-            offset += n_rows
+        for index, corpus_part in enumerate(dataset_parts(corpus_dir)):
+            doc_ids = pq.read_table(corpus_part, columns=[S.DOC_ID]).column(S.DOC_ID)
+            part = numbers[offset : offset + len(doc_ids)]
+            offset += len(doc_ids)
             pieces = []
             for first, length in contiguous_runs(part):
                 start = int(part[first])
                 if start >= first_computed:
                     pieces.append(computed.slice(start - first_computed, length))
                 else:
-                    pieces.extend(previous.slices(start, length))
+                    pieces.extend(rows.slices(start, length))
             merged = pa.concat_tables(
                 [p.select(schema.names).cast(schema) for p in pieces] or [schema.empty_table()]
             )
+            merged = merged.set_column(merged.schema.get_field_index(S.DOC_ID), id_field, doc_ids)
             writer.write(merged.replace_schema_metadata(schema.metadata), out, index)
 
 
-def _part_rows(folder: Path) -> list[int]:
-    return [pq.ParquetFile(p).metadata.num_rows for p in dataset_parts(folder)]
-
-
-def _computed(folder: Path, schema: pa.Schema) -> pa.Table:
-    """The dataset a delta step wrote, or no row when there was nothing to compute."""
-    if not folder.is_dir() or not dataset_parts(folder):
+def _computed(folder: Path, schema: pa.Schema, count: int) -> pa.Table:
+    """The `count` rows a delta step wrote (none read when nothing was computed this time:
+    the folder may hold an earlier attempt's)."""
+    if not count:
         return schema.empty_table()
     return pa.concat_tables(pq.read_table(p) for p in dataset_parts(folder))
 
@@ -131,10 +136,10 @@ def reuse_features(
         ).n_empty_docs
     schema = pq.read_schema(dataset_parts(previous.features)[0])
     merge_rows(
-        _part_rows(layout.corpus),
+        layout.corpus,
         changes.sources,
-        PartRows(previous.features),
-        _computed(delta_path(layout, "features"), schema),
+        previous.features,
+        _computed(delta_path(layout, "features"), schema, computed),
         layout.features,
         schema,
     )
@@ -163,11 +168,11 @@ def reuse_embeddings(
             config,
         )
     schema = pq.read_schema(dataset_parts(previous.embeddings)[0])
-    computed = _computed(delta_path(layout, "embeddings"), schema)
+    computed = _computed(delta_path(layout, "embeddings"), schema, int(np.sum(sources < 0)))
     merge_rows(
-        _part_rows(layout.corpus),
+        layout.corpus,
         sources,
-        PartRows(previous.embeddings),
+        previous.embeddings,
         computed,
         layout.embeddings,
         schema,

@@ -46,7 +46,9 @@ __all__ = [
     "after_drift",
     "assign_config",
     "centroids_fingerprint",
+    "check_same_update",
     "cluster_key",
+    "clusters_not_kept",
     "config_of",
     "embed_key",
     "embedding_space",
@@ -325,13 +327,40 @@ def update_policy(config: PipelineConfig, previous: RunLayout | None) -> tuple[s
     if reason is not None:
         return "full", reason
     if asked == "frozen":
-        if before.cluster.algorithm != "kmeans":
-            return "refresh", f"run {previous.run_id} has no k-means centroids to keep"
-        if before.cluster.model_dump(exclude={"assign_batch_size"}) != config.cluster.model_dump(
-            exclude={"assign_batch_size"}
-        ):
-            return "refresh", f"the cluster settings differ from run {previous.run_id}'s"
+        reason = clusters_not_kept(config, previous)
+        if reason is not None:
+            return "refresh", reason
     return asked, None
+
+
+def check_same_update(layout: RunLayout, config: PipelineConfig) -> None:
+    """Refuse to resume a run with other update settings than it started with: its datasets
+    may come from the other policy's steps, which Prefect's cache would not rerun.
+
+    Raises:
+        ConfigError: ``update.json`` of an earlier attempt records other settings.
+    """
+    if not layout.update.exists():
+        return
+    before = read_json(layout.update).get("settings")
+    if before is not None and before != config.update.model_dump():
+        raise ConfigError(
+            f"run {layout.run_id} was started with update settings {before}; resume it with "
+            "those, or start a new run (another --run-id) with the new ones"
+        )
+
+
+def clusters_not_kept(config: PipelineConfig, previous: RunLayout) -> str | None:
+    """Why this run cannot keep `previous`'s clusters as they are (None: it can): they must
+    be k-means centroids, clustered with this run's settings."""
+    before = config_of(previous).cluster
+    if before.algorithm != "kmeans":
+        return f"run {previous.run_id} has no k-means centroids to keep"
+    if before.model_dump(exclude={"assign_batch_size"}) != config.cluster.model_dump(
+        exclude={"assign_batch_size"}
+    ):
+        return f"the cluster settings differ from run {previous.run_id}'s"
+    return None
 
 
 def after_drift(policy: str, drift: dict[str, Any] | None, config: PipelineConfig) -> str:
@@ -348,6 +377,7 @@ def unchanged(changes: dict[str, int]) -> bool:
     return not (changes["new"] or changes["changed"] or changes["deleted"])
 
 
-def reused_key(step: str, upstream: str, previous: RunLayout) -> str:
-    """The key of a step that reuses `previous`'s fitted `step` for unchanged documents."""
-    return step_key(f"{step}-reused", upstream, recorded_key(previous, step))
+def reused_key(step: str, upstream: str, previous: RunLayout, *settings: Any) -> str:
+    """The key of a step that reuses `previous`'s fitted `step` for unchanged documents, with
+    the `settings` its output depends on besides."""
+    return step_key(f"{step}-reused", upstream, recorded_key(previous, step), *settings)

@@ -149,7 +149,8 @@ def _update(layout: RunLayout, previous: RunLayout | None) -> dict[str, Any]:
     """The update policy the run applied (``update.json``) and, when it reused the previous
     run's encoder (so cluster ids are comparable), the documents whose cluster changed."""
     update = read_json(layout.update)
-    if previous is not None and update.get("changes") is not None:
+    # Cluster ids compare only when this run embedded with the previous run's encoder.
+    if previous is not None and update.get("changes") is not None and update["policy"] != "full":
         update["moves"] = document_moves(layout, previous)
     return update
 

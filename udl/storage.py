@@ -98,6 +98,16 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(handle.fileno())
 
 
+def _leaf_path(field: pa.Field) -> str:
+    """The Parquet column path pyarrow matches a per-column codec against (list columns are
+    stored as ``<name>.list.element``)."""
+    kind = field.type
+    listed = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    return (
+        f"{field.name}.list.element" if listed or pa.types.is_fixed_size_list(kind) else field.name
+    )
+
+
 def _is_vector(kind: pa.DataType) -> bool:
     return pa.types.is_fixed_size_list(kind) and pa.types.is_floating(kind.value_type)
 
@@ -118,7 +128,7 @@ def write_part(table: pa.Table, folder: Path, index: int) -> Path:
     # Float vectors barely compress (zstd saves 8% of an embeddings part) but cost 9x the
     # reading time and 3x the writing time: they are stored plain, everything else zstd.
     compression = {
-        f.name: "none" if _is_vector(f.type) else PARQUET_OPTIONS["compression"]
+        _leaf_path(f): "none" if _is_vector(f.type) else PARQUET_OPTIONS["compression"]
         for f in table.schema
     }
     rows = table.num_rows
@@ -295,10 +305,12 @@ class PartRows:
     """Rows of a dataset by row number over all its parts (corpus order), reading a part when
     first asked for it, the part after it meanwhile on a background thread, and keeping the
     last two: consecutive documents of an incremental run mostly come from the same few parts
-    of the previous run, in order."""
+    of the previous run, in order. With `keep_all`, every part read stays in memory (rows
+    asked for in an order unrelated to the parts')."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, keep_all: bool = False) -> None:
         self.parts = dataset_parts(folder)
+        self.keep = len(self.parts) if keep_all else 2
         counts = [pq.ParquetFile(p).metadata.num_rows for p in self.parts]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._cache: dict[int, pa.Table] = {}
@@ -308,7 +320,7 @@ class PartRows:
 
     def _part(self, index: int) -> pa.Table:
         if index not in self._cache:
-            if len(self._cache) >= 2:
+            if len(self._cache) >= self.keep:
                 self._cache.pop(next(iter(self._cache)))
             if self._ahead is not None and self._ahead[0] == index:
                 self._cache[index] = self._ahead[1].result()

@@ -371,10 +371,11 @@ def keep_assignments(
         previous_assignments: the previous run's ``assignments/``.
     """
     centroids = np.load(models_dir / CENTROIDS_FILE, allow_pickle=False).astype(np.float32)
-    computed_parts = dataset_parts(computed_embeddings) if computed_embeddings.is_dir() else []
-    if computed_parts:
+    if np.any(sources < 0):
         _, x, _ = read_embeddings(computed_embeddings)
-        featured = np.concatenate([read_has_features(p) for p in computed_parts])
+        featured = np.concatenate(
+            [read_has_features(p) for p in dataset_parts(computed_embeddings)]
+        )
         found = _label_part(NearestCentroids(centroids, metric).predict(x, batch_size), featured)
     else:
         found = _label_part(

@@ -53,16 +53,14 @@ class Drift:
 
 
 def _previous_distances(assignments: Path) -> NDArray[np.float32]:
-    parts = dataset_parts(assignments)
-    tables = [pq.read_table(p, columns=[S.DISTANCE, S.STATUS]) for p in parts]
-    return np.concatenate(
-        [
-            t.column(S.DISTANCE).to_numpy()[
-                t.column(S.STATUS).to_numpy(zero_copy_only=False) == S.CLUSTERED
-            ]
-            for t in tables
+    tables = [pq.read_table(p, columns=[S.DISTANCE, S.STATUS]) for p in dataset_parts(assignments)]
+    distances = [
+        t.column(S.DISTANCE).to_numpy()[
+            t.column(S.STATUS).to_numpy(zero_copy_only=False) == S.CLUSTERED
         ]
-    )
+        for t in tables
+    ]
+    return np.concatenate(distances) if distances else np.empty(0, np.float32)
 
 
 def measure_drift(
@@ -73,7 +71,8 @@ def measure_drift(
     threshold: float | None,
 ) -> Drift | None:
     """The drift of `vectors` (the computed documents with features) from the previous run's
-    clusters; None when that run has no centroids or no clustered document to compare with."""
+    clusters, in that run's `metric`; None when it has no centroids or no clustered document
+    to compare with."""
     centroids_path = previous_models / CENTROIDS_FILE
     distances = _previous_distances(previous_assignments)
     if not centroids_path.is_file() or not len(distances):

@@ -35,11 +35,12 @@ class UpdateConfig(Frozen):
     )
     drift_threshold: FloatOrNone = Field(
         None,
-        gt=0.0,
+        ge=0.1,
         le=1.0,
         description="Share of new or changed documents farther from every previous centroid "
-        "than 95% of the previous run's documents are from theirs, past which the run escalates "
-        "to `on_drift`. Empty: drift is measured and reported only.",
+        "than 95% of the previous run's documents are from theirs (about 0.05 when nothing "
+        "drifted), past which the run escalates to `on_drift`, e.g. 0.2. Empty: drift is "
+        "measured and reported only.",
     )
     on_drift: Literal["refresh", "full"] = Field(
         "full", description="Policy a run escalates to when the drift threshold is passed."
