@@ -92,6 +92,12 @@ def _corpus_ids_and_hashes(
     return doc_ids, np.concatenate(hashes) if hashes else np.empty((0, 2), np.uint64)
 
 
+def _hashes_of(layout: RunLayout, n_docs: int) -> NDArray[np.uint64]:
+    """A run's content hashes: saved, or computed from its corpus."""
+    saved = _saved_hashes(layout, n_docs)
+    return saved if saved is not None else _corpus_ids_and_hashes(layout, reuse_saved=False)[1]
+
+
 def _save_hashes(layout: RunLayout, hashes: NDArray[np.uint64]) -> None:
     """Keep a run's content hashes, with the ingest they describe, for the run after it."""
     path = layout.run_dir / CONTENT_FILE
@@ -202,14 +208,13 @@ def document_moves(layout: RunLayout, previous: RunLayout, limit: int = 10) -> d
 
     ids, now = clusters(layout)
     old_ids, before = clusters(previous)
-    corpus_ids, hashes = _corpus_ids_and_hashes(layout, reuse_saved=True)
-    old_corpus_ids, old_hashes = _corpus_ids_and_hashes(previous, reuse_saved=True)
+    # Assignments hold the corpus's documents in corpus order, as the hashes do.
+    hashes = _hashes_of(layout, len(ids))
+    old_hashes = _hashes_of(previous, len(old_ids))
     at = pd.Index(old_ids).get_indexer(ids)
     both = np.flatnonzero(at >= 0)
     moved = both[now[both] != before[at[both]]]
-    # Assignments and corpus hold the same documents in the same order.
-    text_at = pd.Index(old_corpus_ids).get_indexer(corpus_ids[moved])
-    edited = np.any(hashes[moved] != old_hashes[text_at], axis=1)
+    edited = np.any(hashes[moved] != old_hashes[at[moved]], axis=1)
     examples = {
         why: [
             {"doc_id": str(ids[i]), "was": int(before[at[i]]), "now": int(now[i])}
