@@ -401,24 +401,12 @@ def _preflight(args: argparse.Namespace, config: PipelineConfig) -> None:
 
 def _similar(args: argparse.Namespace) -> None:
     """Print the documents most similar to --doc-id or --text (no Prefect: a lookup)."""
-    from udl.similar import find_similar
+    from flows.lookup import similar_lines
 
     layout = existing_run(args.output, args.similar_run)
-    run_config = config_of(layout)
-    run_config = run_config.with_overrides({"encoder.device": "auto"})
-    hits = find_similar(
-        layout, args.n_similar, doc_id=args.doc_id, text=args.text, config=run_config
-    )
-    print(
-        f"run {layout.run_id}: the {len(hits)} documents most similar to "
-        + (f"document {args.doc_id}" if args.doc_id is not None else "the text")
-    )
-    print(f"{'rank':>4}  {'similarity':>10}  {'cluster':>7}  document")
-    for hit in hits:
-        snippet = " ".join(hit.text.split())[:100]
-        print(
-            f"{hit.rank:>4}  {hit.similarity:>10.4f}  {hit.cluster_id:>7}  {hit.doc_id}: {snippet}"
-        )
+    config = config_of(layout).with_overrides({"encoder.device": "auto"})
+    for line in similar_lines(layout, config, args.n_similar, args.doc_id, args.text):
+        print(line)
 
 
 def _serve(args: argparse.Namespace, config: PipelineConfig) -> None:

@@ -16,7 +16,9 @@ from udl.cluster.assign import keep_assignments
 from udl.cluster.drift import measure_drift
 from udl.config import PipelineConfig
 from udl.datasets import CENTROIDS_FILE, RunLayout, decode_vectors
-from udl.incremental import copy_models, reuse_embeddings, reuse_features
+from udl.embed import embed_with_checkpoint
+from udl.features import transform_features
+from udl.incremental import copy_models, merge_embeddings, merge_features, plan_delta
 from udl.lineage import config_of, space_of
 from udl.parallel import dask_client
 from udl.storage import read_json
@@ -31,8 +33,17 @@ def reuse_features_task(
     """`previous`'s features for the texts it had, TF-IDF with its IDF for the others."""
 
     def compute() -> dict:
-        with dask_client(config.runtime):
-            changes, empty = reuse_features(layout, previous, config.preprocess)
+        changes = plan_delta(layout, previous)
+        empty = 0
+        if changes.n_computed:
+            with dask_client(config.runtime):
+                empty = transform_features(
+                    delta_path(layout, "corpus"),
+                    delta_path(layout, "features"),
+                    previous.models,
+                    config.preprocess,
+                ).n_empty_docs
+        merge_features(layout, previous)
         return {
             "rows": len(changes.sources),
             "reused_from": previous.run_id,
@@ -51,7 +62,16 @@ def reuse_embeddings_task(
     the drift of those from its clusters."""
 
     def compute() -> dict:
-        result, computed = reuse_embeddings(layout, previous, config.encoder)
+        result = None
+        if (read_changes(layout) < 0).any():
+            result = embed_with_checkpoint(
+                delta_path(layout, "corpus"),
+                delta_path(layout, "features"),
+                delta_path(layout, "embeddings"),
+                previous.encoder,
+                config.encoder,
+            )
+        computed = merge_embeddings(layout, previous)
         featured = computed.column(S.HAS_FEATURES).to_numpy(zero_copy_only=False)
         drift = measure_drift(
             decode_vectors(computed.column(S.EMBEDDING))[featured],

@@ -24,10 +24,7 @@ from numpy.typing import NDArray
 
 from udl import schema as S
 from udl.changes import Changes, delta_path, find_changes, read_changes
-from udl.config import EncoderConfig, PreprocessConfig
 from udl.datasets import ENCODER_DIR, TFIDF_FILE, VOCABULARY_FILE, RunLayout
-from udl.embed import EmbedResult, embed_with_checkpoint
-from udl.features import transform_features
 from udl.storage import (
     BackgroundWriter,
     PartRows,
@@ -39,9 +36,10 @@ from udl.storage import (
 
 __all__ = [
     "copy_models",
+    "merge_embeddings",
+    "merge_features",
     "merge_rows",
-    "reuse_embeddings",
-    "reuse_features",
+    "plan_delta",
     "write_delta_corpus",
 ]
 
@@ -118,67 +116,35 @@ def _computed(folder: Path, schema: pa.Schema, count: int) -> pa.Table:
     return pa.concat_tables(pq.read_table(p) for p in dataset_parts(folder))
 
 
-def reuse_features(
-    layout: RunLayout, previous: RunLayout, config: PreprocessConfig
-) -> tuple[Changes, int]:
-    """``features/`` of `layout`: `previous`'s rows for every text it had, TF-IDF with its
-    IDF (copied into `layout`'s models) for the others. Runs on the active Dask scheduler.
-
-    Returns:
-        The changes, and how many computed documents have no feature.
-    """
+def plan_delta(layout: RunLayout, previous: RunLayout) -> Changes:
+    """Compare `layout`'s corpus with `previous`'s (`udl.changes.find_changes`) and write the
+    documents to compute to ``delta/corpus``; the caller then computes their features (with
+    `previous`'s IDF) into ``delta/features``, and `merge_features` completes the step."""
     changes = find_changes(layout, previous)
-    computed = write_delta_corpus(layout.corpus, changes.sources, delta_path(layout, "corpus"))
-    empty = 0
-    if computed:
-        empty = transform_features(
-            delta_path(layout, "corpus"), delta_path(layout, "features"), previous.models, config
-        ).n_empty_docs
-    schema = pq.read_schema(dataset_parts(previous.features)[0])
-    merge_rows(
-        layout.corpus,
-        changes.sources,
-        previous.features,
-        _computed(delta_path(layout, "features"), schema, computed),
-        layout.features,
-        schema,
-    )
-    copy_models(previous.models, layout.models, (TFIDF_FILE, VOCABULARY_FILE))
-    return changes, empty
+    write_delta_corpus(layout.corpus, changes.sources, delta_path(layout, "corpus"))
+    return changes
 
 
-def reuse_embeddings(
-    layout: RunLayout, previous: RunLayout, config: EncoderConfig
-) -> tuple[EmbedResult | None, pa.Table]:
-    """``embeddings/`` of `layout`: `previous`'s rows for every text it had, its encoder
-    (copied into `layout`'s models) applied to the others. Call after `reuse_features`.
-
-    Returns:
-        What embedding the computed documents did (None when there were none), and their
-        rows (for the drift check).
-    """
+def merge_features(layout: RunLayout, previous: RunLayout) -> None:
+    """``features/`` of `layout`: `previous`'s rows for every text it had, ``delta/features``
+    for the others; `previous`'s IDF and vocabulary copied into `layout`'s models."""
     sources = read_changes(layout)
-    result = None
-    if np.any(sources < 0):
-        result = embed_with_checkpoint(
-            delta_path(layout, "corpus"),
-            delta_path(layout, "features"),
-            delta_path(layout, "embeddings"),
-            previous.encoder,
-            config,
-        )
+    schema = pq.read_schema(dataset_parts(previous.features)[0])
+    computed = _computed(delta_path(layout, "features"), schema, int(np.sum(sources < 0)))
+    merge_rows(layout.corpus, sources, previous.features, computed, layout.features, schema)
+    copy_models(previous.models, layout.models, (TFIDF_FILE, VOCABULARY_FILE))
+
+
+def merge_embeddings(layout: RunLayout, previous: RunLayout) -> pa.Table:
+    """``embeddings/`` of `layout`: `previous`'s rows for every text it had,
+    ``delta/embeddings`` (its encoder applied by the caller) for the others; the encoder
+    copied into `layout`'s models. Returns the computed rows (for the drift check)."""
+    sources = read_changes(layout)
     schema = pq.read_schema(dataset_parts(previous.embeddings)[0])
     computed = _computed(delta_path(layout, "embeddings"), schema, int(np.sum(sources < 0)))
-    merge_rows(
-        layout.corpus,
-        sources,
-        previous.embeddings,
-        computed,
-        layout.embeddings,
-        schema,
-    )
+    merge_rows(layout.corpus, sources, previous.embeddings, computed, layout.embeddings, schema)
     copy_models(previous.models, layout.models, (ENCODER_DIR,))
-    return result, computed
+    return computed
 
 
 def copy_models(source: Path, target: Path, names: tuple[str, ...]) -> None:

@@ -216,9 +216,8 @@ def neighbours_key(upstream: str, config: PipelineConfig) -> str:
 
 def report_key(upstream: str, config: PipelineConfig, previous: RunLayout | None) -> str:
     """The report step's key; it lists neighbours when the run has them."""
-    return step_key(
-        "report", upstream, config.report, config.neighbours, previous and previous.run_id
-    )
+    neighbours = [config.neighbours] if config.neighbours.enabled else []
+    return step_key("report", upstream, config.report, previous and previous.run_id, *neighbours)
 
 
 def recorded_key(layout: RunLayout, step: str) -> str:

@@ -1,6 +1,6 @@
 """Similar documents: a FAISS index of a run's embeddings by cosine similarity, each
 document's nearest neighbours as Parquet (``neighbours/``), and lookups by document id or by
-a text the run never saw.
+a vector of a text the run never saw (`flows.lookup` embeds it).
 
 The index holds the documents with features (the others share one meaningless vector). Up to
 ``neighbours.flat_max`` documents it is exact (``IndexFlatIP``); above, an inverted file
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,8 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from udl import schema as S
-from udl.config import EncoderConfig, NeighboursConfig, PipelineConfig, PreprocessConfig
+from udl.config import NeighboursConfig
 from udl.datasets import (
-    ENCODER_DIR,
     NEIGHBOUR_IDS_FILE,
     NEIGHBOURS_INDEX_FILE,
     Embeddings,
@@ -43,7 +41,6 @@ __all__ = [
     "IndexInfo",
     "SimilarIndex",
     "build_index",
-    "embed_texts",
     "find_similar",
     "write_neighbours",
 ]
@@ -185,33 +182,6 @@ def write_neighbours(embeddings_dir: Path, models_dir: Path, out_dir: Path, k: i
     return written
 
 
-def embed_texts(
-    texts: list[str],
-    models_dir: Path,
-    preprocess: PreprocessConfig,
-    encoder: EncoderConfig,
-) -> NDArray[np.float32]:
-    """Vectors (n, dim) of texts through a run's IDF and encoder, as the run would embed
-    them (the same code path as `udl assign`, on a temporary dataset)."""
-    from udl.embed import embed_with_checkpoint
-    from udl.features import transform_features
-
-    with tempfile.TemporaryDirectory(prefix="udl-similar-") as folder:
-        root = Path(folder)
-        (root / "corpus").mkdir()
-        ids = [f"query-{i}" for i in range(len(texts))]
-        write_part(pa.table({S.DOC_ID: ids, S.TEXT: texts}), root / "corpus", 0)
-        transform_features(root / "corpus", root / "features", models_dir, preprocess)
-        embed_with_checkpoint(
-            root / "corpus",
-            root / "features",
-            root / "embeddings",
-            models_dir / ENCODER_DIR,
-            encoder,
-        )
-        return read_embeddings(root / "embeddings")[1]
-
-
 @dataclass(frozen=True)
 class Hit:
     """One similar document: its rank (1 = most similar), id, cosine similarity, cluster and
@@ -242,11 +212,11 @@ def find_similar(
     k: int,
     *,
     doc_id: str | None = None,
-    text: str | None = None,
-    config: PipelineConfig | None = None,
+    vector: NDArray[np.float32] | None = None,
 ) -> list[Hit]:
     """The `k` documents of a run most similar to one of its documents (which comes first,
-    itself) or to a new text (embedded with the run's IDF and encoder; `config`: the run's).
+    itself) or to a vector in the run's embedding space (e.g. a new text through its IDF and
+    encoder).
 
     Raises:
         UdlError: the run has no index, or no such document.
@@ -254,10 +224,8 @@ def find_similar(
     similar = SimilarIndex(layout.models)
     if doc_id is not None:
         vector = _vector_of(layout, doc_id)
-    else:
-        if config is None or text is None:
-            raise ValueError("find_similar needs doc_id, or text and the run's config")
-        vector = embed_texts([text], layout.models, config.preprocess, config.encoder)
+    if vector is None:
+        raise ValueError("find_similar needs a doc_id or a vector")
     rows, sims = similar.search(vector, k)
     found = rows[0] >= 0
     ids = similar.ids[rows[0][found]].tolist()
