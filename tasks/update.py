@@ -33,7 +33,9 @@ def reuse_features_task(
     """`previous`'s features for the texts it had, TF-IDF with its IDF for the others."""
 
     def compute() -> dict:
-        changes = plan_delta(layout, previous)
+        # Derived ids change with the file name and row: documents are then matched by text.
+        by_id = None not in (config.input.id_column, config_of(previous).input.id_column)
+        changes = plan_delta(layout, previous, by_id)
         empty = 0
         if changes.n_computed:
             with dask_client(config.runtime):

@@ -47,6 +47,7 @@ def test_changes_count_by_id_and_reuse_by_text(tmp_path: Path) -> None:
     _corpus(now, [[("4", "four"), ("1", "one")], [("2", "four"), ("5", "three"), ("6", "six")]])
     changes = find_changes(now, before)
     assert changes.record() == {
+        "matched_by": "id",
         "new": 2,
         "changed": 1,
         "deleted": 1,
@@ -58,6 +59,19 @@ def test_changes_count_by_id_and_reuse_by_text(tmp_path: Path) -> None:
     assert changes.sources.tolist() == [3, 0, 3, 2, -1]
     np.testing.assert_array_equal(read_changes(now), changes.sources)
     assert (now.run_dir / "content.npz").is_file()  # the next run reads them back
+
+    # Without an id column (ids derived from file, row and text) documents match by text.
+    by_text = find_changes(now, before, by_id=False)
+    assert by_text.record() == {
+        "matched_by": "text",
+        "new": 1,  # "six"
+        "changed": 0,
+        "deleted": 1,  # "two"
+        "unchanged": 4,
+        "computed": 1,
+        "reused": 4,
+    }
+    np.testing.assert_array_equal(by_text.sources, changes.sources)
 
 
 def test_merge_puts_reused_and_computed_rows_in_corpus_order_under_corpus_ids(

@@ -90,6 +90,7 @@ def test_refresh_embeds_only_new_and_changed_texts_as_a_full_recompute_would(
     update = read_json(run_dir / "update.json")
     assert update["policy"] == "refresh" and update["clusters"] == "fitted"
     assert update["changes"] == {
+        "matched_by": "id",
         "new": N_NEW,
         "changed": N_CHANGED,
         "deleted": N_DELETED,

@@ -125,6 +125,7 @@ class Changes:
         n_changed: ids the previous run had with another text.
         n_deleted: ids of the previous run that are gone.
         n_unchanged: ids with the same text.
+        matched_by: ``"id"``, or ``"text"`` for derived ids (see `find_changes`).
     """
 
     sources: NDArray[np.int64]
@@ -132,14 +133,16 @@ class Changes:
     n_changed: int
     n_deleted: int
     n_unchanged: int
+    matched_by: str = "id"
 
     @property
     def n_computed(self) -> int:
         """Documents whose features and embedding are computed (no earlier row has the text)."""
         return int(np.sum(self.sources < 0))
 
-    def record(self) -> dict[str, int]:
+    def record(self) -> dict[str, int | str]:
         return {
+            "matched_by": self.matched_by,
             "new": self.n_new,
             "changed": self.n_changed,
             "deleted": self.n_deleted,
@@ -149,34 +152,43 @@ class Changes:
         }
 
 
-def find_changes(layout: RunLayout, previous: RunLayout) -> Changes:
+def find_changes(layout: RunLayout, previous: RunLayout, by_id: bool = True) -> Changes:
     """Compare `layout`'s corpus with `previous`'s; save this run's content hashes and the
-    reuse plan (``delta/sources.npy``, read back by `read_changes`)."""
+    reuse plan (``delta/sources.npy``, read back by `read_changes`).
+
+    Args:
+        by_id: documents are the same document when their ids are equal (an id column);
+            False for ids derived from file name, row and text, which change with any of them:
+            then documents are matched by text, and none counts as changed.
+    """
     ids, hashes = _corpus_ids_and_hashes(layout, reuse_saved=False)
     old_ids, old_hashes = _corpus_ids_and_hashes(previous, reuse_saved=True)
     _save_hashes(layout, hashes)
 
     # Reuse by text: the first earlier row with both hashes equal.
-    by_hash = pd.Series(np.arange(len(old_hashes)), index=old_hashes[:, 0])
-    by_hash = by_hash[~by_hash.index.duplicated(keep="first")]
-    found = by_hash.reindex(hashes[:, 0]).to_numpy()
+    found = _first_rows(old_hashes[:, 0]).reindex(hashes[:, 0]).to_numpy()
     hit = ~np.isnan(found)
     sources = np.full(len(hashes), -1, np.int64)
     candidates = found[hit].astype(np.int64)
     agree = old_hashes[candidates, 1] == hashes[hit, 1]
     sources[np.flatnonzero(hit)[agree]] = candidates[agree]
 
-    # New, changed, deleted: by id.
-    at = pd.Index(old_ids).get_indexer(ids)
-    known = at >= 0
-    same = np.zeros(len(ids), np.bool_)
-    same[known] = np.all(old_hashes[at[known]] == hashes[known], axis=1)
+    if by_id:
+        at = pd.Index(old_ids).get_indexer(ids)
+        known = at >= 0
+        same = np.zeros(len(ids), np.bool_)
+        same[known] = np.all(old_hashes[at[known]] == hashes[known], axis=1)
+        n_deleted = len(old_ids) - int(np.sum(known))
+    else:
+        known = same = sources >= 0
+        n_deleted = int(np.sum(~np.isin(old_hashes[:, 0], hashes[:, 0])))
     changes = Changes(
         sources=sources,
         n_new=int(np.sum(~known)),
         n_changed=int(np.sum(known & ~same)),
-        n_deleted=len(old_ids) - int(np.sum(known)),
+        n_deleted=n_deleted,
         n_unchanged=int(np.sum(same)),
+        matched_by="id" if by_id else "text",
     )
     delta = layout.run_dir / DELTA_DIR
     delta.mkdir(parents=True, exist_ok=True)
@@ -196,9 +208,18 @@ def read_changes(layout: RunLayout) -> NDArray[np.int64]:
     return np.load(layout.run_dir / DELTA_DIR / SOURCES_FILE, allow_pickle=False)
 
 
-def document_moves(layout: RunLayout, previous: RunLayout, limit: int = 10) -> dict[str, Any]:
-    """Documents of both runs (same id) whose cluster id changed, counted by why: their text
-    changed, or the clusters were fitted again around them; `limit` examples of each.
+def _first_rows(keys: NDArray[Any]) -> pd.Series:
+    """Row of the first occurrence of each key."""
+    rows = pd.Series(np.arange(len(keys)), index=keys)
+    return rows[~rows.index.duplicated(keep="first")]
+
+
+def document_moves(
+    layout: RunLayout, previous: RunLayout, by_id: bool = True, limit: int = 10
+) -> dict[str, Any]:
+    """Documents of both runs whose cluster id changed, counted by why: their text changed,
+    or the clusters were fitted again around them; `limit` examples of each. Documents are
+    the same by id, or by text for derived ids (`by_id` False; see `find_changes`).
     Meaningful when both runs share cluster ids (the same embedding space, ids aligned)."""
 
     def clusters(run: RunLayout) -> tuple[NDArray[np.object_], NDArray[np.int32]]:
@@ -211,7 +232,9 @@ def document_moves(layout: RunLayout, previous: RunLayout, limit: int = 10) -> d
     # Assignments hold the corpus's documents in corpus order, as the hashes do.
     hashes = _hashes_of(layout, len(ids))
     old_hashes = _hashes_of(previous, len(old_ids))
-    at = pd.Index(old_ids).get_indexer(ids)
+    keys, old_keys = (ids, old_ids) if by_id else (hashes[:, 0], old_hashes[:, 0])
+    found = _first_rows(old_keys).reindex(keys).to_numpy()
+    at = np.where(np.isnan(found), -1, found).astype(np.int64)
     both = np.flatnonzero(at >= 0)
     moved = both[now[both] != before[at[both]]]
     edited = np.any(hashes[moved] != old_hashes[at[moved]], axis=1)

@@ -116,11 +116,11 @@ def _computed(folder: Path, schema: pa.Schema, count: int) -> pa.Table:
     return pa.concat_tables(pq.read_table(p) for p in dataset_parts(folder))
 
 
-def plan_delta(layout: RunLayout, previous: RunLayout) -> Changes:
-    """Compare `layout`'s corpus with `previous`'s (`udl.changes.find_changes`) and write the
+def plan_delta(layout: RunLayout, previous: RunLayout, by_id: bool) -> Changes:
+    """Compare `layout`'s corpus with `previous`'s (`udl.changes.find_changes`, `by_id`) and write the
     documents to compute to ``delta/corpus``; the caller then computes their features (with
     `previous`'s IDF) into ``delta/features``, and `merge_features` completes the step."""
-    changes = find_changes(layout, previous)
+    changes = find_changes(layout, previous, by_id)
     write_delta_corpus(layout.corpus, changes.sources, delta_path(layout, "corpus"))
     return changes
 

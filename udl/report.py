@@ -151,7 +151,8 @@ def _update(layout: RunLayout, previous: RunLayout | None) -> dict[str, Any]:
     update = read_json(layout.update)
     # Cluster ids compare only when this run embedded with the previous run's encoder.
     if previous is not None and update.get("changes") is not None and update["policy"] != "full":
-        update["moves"] = document_moves(layout, previous)
+        by_id = update["changes"].get("matched_by", "id") == "id"
+        update["moves"] = document_moves(layout, previous, by_id)
     return update
 
 
