@@ -59,7 +59,7 @@ def update_line(update: dict[str, Any]) -> str | None:
     if changes is None:
         return None if update["asked"] == "full" else f"update:      {policy} ({update['reason']})"
     clusters = "clusters kept" if update["clusters"] == "kept" else "clusters fitted again"
-    by_text = " by text (no id column)" if changes.get("matched_by") == "text" else ""
+    by_text = "; matched by text: no id column" if changes.get("matched_by") == "text" else ""
     return (
         f"update:      {policy}: {changes['computed']:,} texts embedded, {changes['reused']:,} "
         f"reused ({changes['new']:,} new, {changes['changed']:,} changed, "
