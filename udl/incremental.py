@@ -1,6 +1,5 @@
-"""Incremental runs: which documents are new, changed or deleted since the run this one
-follows, and this run's features and embeddings made of that run's rows for every text it
-already processed plus freshly computed rows for the others.
+"""Incremental runs: this run's features and embeddings made of the previous run's rows for
+every text it already processed plus freshly computed rows for the others.
 
 A document's features and embedding depend only on its text once the IDF and the encoder are
 fixed (`refresh` and `frozen` reuse the previous run's, see `udl.config.UpdateConfig`), so rows
@@ -44,9 +43,9 @@ __all__ = [
 ]
 
 
-def write_delta_corpus(corpus_dir: Path, sources: NDArray[np.int64], out_dir: Path) -> int:
+def write_delta_corpus(corpus_dir: Path, sources: NDArray[np.int64], out_dir: Path) -> None:
     """The corpus rows to compute (``sources < 0``), in corpus order, as a dataset of their
-    own (no part when there is none); returns their count."""
+    own (no part when there is none)."""
     offset = written = 0
     with atomic_dir(out_dir) as out:
         for part in dataset_parts(corpus_dir):
@@ -56,7 +55,6 @@ def write_delta_corpus(corpus_dir: Path, sources: NDArray[np.int64], out_dir: Pa
             if len(todo):
                 write_part(table.take(pa.array(todo)), out, written)
                 written += 1
-    return int(np.sum(sources < 0))
 
 
 def merge_rows(
