@@ -125,7 +125,8 @@ def test_refresh_embeds_only_new_and_changed_texts_as_a_full_recompute_would(
     metrics = read_json(run_dir / "report" / "metrics.json")
     assert metrics["update"]["changes"] == update["changes"]
     moves = metrics["update"]["moves"]
-    assert moves["n_moved"] == moves["n_moved_text_changed"] + moves["n_moved_refitted"]
+    reasons = ("text_changed", "cluster_vanished", "refitted")
+    assert moves["n_moved"] == sum(moves[f"n_moved_{why}"] for why in reasons)
 
     # The same run id again with other update settings would mix both policies' outputs.
     from udl.errors import ConfigError

@@ -215,12 +215,17 @@ def _first_rows(keys: NDArray[Any]) -> pd.Series:
 
 
 def document_moves(
-    layout: RunLayout, previous: RunLayout, by_id: bool = True, limit: int = 10
+    layout: RunLayout,
+    previous: RunLayout,
+    by_id: bool = True,
+    vanished: frozenset[int] = frozenset(),
+    limit: int = 10,
 ) -> dict[str, Any]:
     """Documents of both runs whose cluster id changed, counted by why: their text changed,
-    or the clusters were fitted again around them; `limit` examples of each. Documents are
-    the same by id, or by text for derived ids (`by_id` False; see `find_changes`).
-    Meaningful when both runs share cluster ids (the same embedding space, ids aligned)."""
+    their previous cluster has no continuation (`vanished`, from the run comparison), or the
+    clusters were fitted again around them; `limit` examples of each. Documents are the same
+    by id, or by text for derived ids (`by_id` False; see `find_changes`). Meaningful when
+    both runs share cluster ids (the same embedding space, ids aligned)."""
 
     def clusters(run: RunLayout) -> tuple[NDArray[np.object_], NDArray[np.int32]]:
         table = pq.read_table(run.assignments, columns=[S.DOC_ID, S.CLUSTER_ID])
@@ -238,16 +243,21 @@ def document_moves(
     both = np.flatnonzero(at >= 0)
     moved = both[now[both] != before[at[both]]]
     edited = np.any(hashes[moved] != old_hashes[at[moved]], axis=1)
+    gone = ~edited & np.isin(before[at[moved]], np.asarray(sorted(vanished), np.int32))
+    reasons = {
+        "text_changed": edited,
+        "cluster_vanished": gone,
+        "refitted": ~edited & ~gone,
+    }
     examples = {
         why: [
             {"doc_id": str(ids[i]), "was": int(before[at[i]]), "now": int(now[i])}
             for i in moved[mask][:limit]
         ]
-        for why, mask in (("text_changed", edited), ("refitted", ~edited))
+        for why, mask in reasons.items()
     }
     return {
         "n_moved": len(moved),
-        "n_moved_text_changed": int(edited.sum()),
-        "n_moved_refitted": int((~edited).sum()),
+        **{f"n_moved_{why}": int(mask.sum()) for why, mask in reasons.items()},
         "examples": examples,
     }

@@ -145,14 +145,17 @@ def _compare(layout: RunLayout, previous: RunLayout, metrics: dict[str, Any]) ->
     ) | {"previous_run_id": previous.run_id}
 
 
-def _update(layout: RunLayout, previous: RunLayout | None) -> dict[str, Any]:
+def _update(
+    layout: RunLayout, previous: RunLayout | None, comparison: dict[str, Any] | None
+) -> dict[str, Any]:
     """The update policy the run applied (``update.json``) and, when it reused the previous
     run's encoder (so cluster ids are comparable), the documents whose cluster changed."""
     update = read_json(layout.update)
     # Cluster ids compare only when this run embedded with the previous run's encoder.
     if previous is not None and update.get("changes") is not None and update["policy"] != "full":
         by_id = update["changes"].get("matched_by", "id") == "id"
-        update["moves"] = document_moves(layout, previous, by_id)
+        vanished = frozenset(c["cluster_id"] for c in (comparison or {}).get("vanished", []))
+        update["moves"] = document_moves(layout, previous, by_id, vanished)
     return update
 
 
@@ -250,7 +253,7 @@ def build_report(
             f"({previous.metrics} is missing)."
         )
     if layout.update.exists():
-        metrics["update"] = _update(layout, previous)
+        metrics["update"] = _update(layout, previous, metrics.get("comparison"))
     metrics["warnings"] = _warnings(steps, own)
     # The report's own time, up to its HTML: the timings table would otherwise miss a step.
     metrics["timings"]["report"] = time.perf_counter() - started

@@ -89,6 +89,14 @@ class Figure:
     wide: bool
 
 
+# Why a document changed cluster (`udl.changes.document_moves`), as the report says it.
+MOVE_REASONS = {
+    "text_changed": "its text changed",
+    "cluster_vanished": "its cluster has no continuation",
+    "refitted": "the clusters were fitted again",
+}
+
+
 def render_html(
     path: Path,
     run_id: str,
@@ -125,6 +133,7 @@ def render_html(
         outlier_fraction=outlier_fraction,
         no_features_reason=NO_FEATURES_REASON,
         similar=similar or {},
+        move_reasons=MOVE_REASONS,
     )
     tmp = path.with_suffix(".tmp")
     tmp.write_text(html, encoding="utf-8")
