@@ -210,6 +210,16 @@ def test_transform_shapes_norms_and_anomaly_scores(
     assert len(encoder.training_.train_loss) == TINY.epochs
 
 
+def test_autoencoder_vectors_do_not_depend_on_the_batch(run: Run, docs: DocumentBatch) -> None:
+    """An incremental run embeds a few documents where a full run embeds all: the same bits."""
+    encoder = _fitted(run, docs, "autoencoder")
+    vectors, scores = encoder.transform(docs)
+    for rows in (np.arange(1), np.arange(3, 8), np.arange(0, len(docs), 7)):
+        alone, alone_scores = encoder.transform(docs.take(rows))
+        assert np.array_equal(alone, vectors[rows])
+        assert np.array_equal(alone_scores, scores[rows])
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_fit_is_deterministic_on_cpu_for_a_seed(run: Run, docs: DocumentBatch, kind: str) -> None:
     subset = docs.take(np.arange(200))

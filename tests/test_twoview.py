@@ -361,3 +361,15 @@ def test_two_processes_write_identical_bytes(run: Path, tmp_path: Path) -> None:
             {p.name: p.read_bytes() for p in dataset_parts(tmp_path / name / "embeddings")}
         )
     assert outputs[0] == outputs[1]
+
+
+def test_vectors_do_not_depend_on_the_batch(run: Path, fitted: TwoViewEncoder) -> None:
+    """An incremental run embeds a few documents where a full run embeds all: the same bits
+    (the student's head and the anomaly score run in fixed 256-row blocks)."""
+    docs, _ = _documents(run)
+    vectors, scores, featured = fitted.encode(docs)
+    for rows in (np.arange(1), np.arange(3, 8), np.arange(0, len(docs), 7)):
+        alone = fitted.encode(docs.take(rows))
+        assert np.array_equal(alone[0], vectors[rows])
+        assert np.array_equal(alone[1], scores[rows])
+        assert np.array_equal(alone[2], featured[rows])

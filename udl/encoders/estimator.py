@@ -254,12 +254,19 @@ class TorchEncoder(ABC):
         order = np.arange(len(docs)) if lengths is None else np.argsort(lengths, kind="stable")
         codes = torch.zeros(len(docs), self.dim)
         errors = torch.zeros(len(docs))
-        for start in range(0, len(docs), self.config.batch_size):
-            rows = order[start : start + self.config.batch_size]
+        size = self.config.batch_size
+        for start in range(0, len(docs), size):
+            rows = order[start : start + size]
+            batch = rows
+            if lengths is None and len(rows) < size:
+                # Every batch as many rows as the others (the last one padded with copies of
+                # its first row): kernels are chosen by shape, and a document's vector must
+                # not depend on how many documents were embedded with it (incremental runs).
+                batch = np.concatenate([rows, np.full(size - len(rows), rows[0])])
             with autocast(self.device):
-                code, error = self.encode_rows(prepared, rows)
-            codes[rows] = code.float().cpu()
-            errors[rows] = error.cpu()
+                code, error = self.encode_rows(prepared, batch)
+            codes[rows] = code[: len(rows)].float().cpu()
+            errors[rows] = error[: len(rows)].cpu()
         if self.config.normalize:
             codes = F.normalize(codes, dim=1)
         return codes.numpy(), errors.numpy()
