@@ -5,6 +5,7 @@ preprocess, embed and cluster steps they stand in for."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from prefect import task
@@ -25,6 +26,8 @@ from udl.storage import read_json
 
 __all__ = ["keep_clusters_task", "reuse_embeddings_task", "reuse_features_task"]
 
+LOCAL_MAX_DOCS = 100_000
+
 
 @task(name="preprocess", **STEP_OPTIONS)
 def reuse_features_task(
@@ -38,7 +41,9 @@ def reuse_features_task(
         changes = plan_delta(layout, previous, by_id)
         empty = 0
         if changes.n_computed:
-            with dask_client(config.runtime):
+            # A few documents cost less than starting a local Dask cluster: in this process.
+            local = changes.n_computed < LOCAL_MAX_DOCS and not config.runtime.dask_address
+            with nullcontext() if local else dask_client(config.runtime):
                 empty = transform_features(
                     delta_path(layout, "corpus"),
                     delta_path(layout, "features"),
