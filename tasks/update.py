@@ -69,8 +69,8 @@ def reuse_embeddings_task(
     the drift of those from its clusters."""
 
     def compute() -> dict:
-        result = None
-        if (read_changes(layout) < 0).any():
+        sources, result = read_changes(layout), None
+        if (sources < 0).any():
             result = embed_with_checkpoint(
                 delta_path(layout, "corpus"),
                 delta_path(layout, "features"),
@@ -88,7 +88,7 @@ def reuse_embeddings_task(
             config.update.drift_threshold,
         )
         return {
-            "rows": len(read_changes(layout)),
+            "rows": len(sources),
             "reused_from": previous.run_id,
             "computed": computed.num_rows,
             "space": space_of(previous),

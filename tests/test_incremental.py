@@ -72,6 +72,17 @@ def _copy_output(nights: dict[str, Path], name: str) -> Path:
     return copy
 
 
+def _second_night(nights: dict[str, Path], policy: str) -> tuple[Path, Path, dict]:
+    """Night 2 under `policy`, following night 1 in a copy of its output folder: the output
+    folder, the run folder and its ``update.json``."""
+    from flows.pipeline import clustering_pipeline
+
+    output = _copy_output(nights, policy)
+    config = _config(nights["night2"], output, "night2", policy=policy)
+    run_dir = Path(clustering_pipeline(config))
+    return output, run_dir, read_json(run_dir / "update.json")
+
+
 def _assignments(run_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(run_dir / "assignments").set_index(S.DOC_ID)
 
@@ -83,11 +94,7 @@ def test_refresh_embeds_only_new_and_changed_texts_as_a_full_recompute_would(
     from udl.embed import embed_with_checkpoint
     from udl.features import transform_features
 
-    output = _copy_output(nights, "refresh")
-    run_dir = Path(
-        clustering_pipeline(_config(nights["night2"], output, "night2", policy="refresh"))
-    )
-    update = read_json(run_dir / "update.json")
+    output, run_dir, update = _second_night(nights, "refresh")
     assert update["policy"] == "refresh" and update["clusters"] == "fitted"
     assert update["changes"] == {
         "matched_by": "id",
@@ -146,15 +153,10 @@ def test_refresh_embeds_only_new_and_changed_texts_as_a_full_recompute_would(
 def test_frozen_keeps_every_cluster_and_joins_new_texts_to_the_nearest(
     nights: dict[str, Path],
 ) -> None:
-    from flows.pipeline import clustering_pipeline
     from udl.cluster.kmeans import NearestCentroids
     from udl.datasets import read_embeddings
 
-    output = _copy_output(nights, "frozen")
-    run_dir = Path(
-        clustering_pipeline(_config(nights["night2"], output, "night2", policy="frozen"))
-    )
-    update = read_json(run_dir / "update.json")
+    output, run_dir, update = _second_night(nights, "frozen")
     assert update["policy"] == "frozen" and update["clusters"] == "kept"
     before, after = _assignments(output / "runs" / "night1"), _assignments(run_dir)
     unchanged = [i for i in after.index if i in before.index][N_CHANGED:]

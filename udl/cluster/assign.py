@@ -371,17 +371,13 @@ def keep_assignments(
         previous_assignments: the previous run's ``assignments/``.
     """
     centroids = np.load(models_dir / CENTROIDS_FILE, allow_pickle=False).astype(np.float32)
+    x, featured = np.empty((0, centroids.shape[1]), np.float32), np.empty(0, np.bool_)
     if np.any(sources < 0):
         _, x, _ = read_embeddings(computed_embeddings)
         featured = np.concatenate(
             [read_has_features(p) for p in dataset_parts(computed_embeddings)]
         )
-        found = _label_part(NearestCentroids(centroids, metric).predict(x, batch_size), featured)
-    else:
-        found = _label_part(
-            (np.empty(0, np.int32), np.empty(0, np.float32), np.empty(0, np.float32)),
-            np.empty(0, np.bool_),
-        )
+    found = _label_part(NearestCentroids(centroids, metric).predict(x, batch_size), featured)
     previous = PartRows(previous_assignments)
     n_docs = n_fresh = n_empty = 0
     sizes = np.zeros(len(centroids), np.int64)
