@@ -22,7 +22,7 @@ from udl.datasets import RunLayout
 from udl.errors import UdlError
 from udl.manifest import save_step
 
-__all__ = ["STEP_OPTIONS", "for_run", "retry_on_transient", "run_step"]
+__all__ = ["STEP_OPTIONS", "for_run", "inference_workers", "retry_on_transient", "run_step"]
 
 
 def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -71,3 +71,9 @@ def run_step(
         "%s: %s rows in %.1f s%s", step, record.get("rows"), record["seconds"], device
     )
     return record
+
+
+def inference_workers(runtime: RuntimeConfig) -> RuntimeConfig | None:
+    """The Dask cluster on which the embed and cluster steps apply their fitted models (see
+    `RuntimeConfig.dask_inference`), or None for the flow process."""
+    return runtime if runtime.inference_on_dask() else None

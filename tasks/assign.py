@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 from prefect import task
 
-from tasks._common import STEP_OPTIONS, run_step
+from tasks._common import STEP_OPTIONS, inference_workers, run_step
 from udl.cluster.assign import assign_to_centroids
 from udl.config import PipelineConfig
 from udl.datasets import RunLayout
@@ -42,7 +42,12 @@ def embed_new_task(layout: RunLayout, config: PipelineConfig, key: str, source: 
 
     def compute() -> dict:
         result = embed_with_checkpoint(
-            layout.corpus, layout.features, layout.embeddings, source.encoder, config.encoder
+            layout.corpus,
+            layout.features,
+            layout.embeddings,
+            source.encoder,
+            config.encoder,
+            inference_workers(config.runtime),
         )
         return {
             "rows": result.n_docs,

@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks._common import STEP_OPTIONS, run_step
+from tasks._common import STEP_OPTIONS, inference_workers, run_step
 from udl.cluster.assign import cluster_embeddings
 from udl.config import PipelineConfig
 from udl.corpus import ingest
@@ -79,6 +79,7 @@ def embed_task(layout: RunLayout, config: PipelineConfig, key: str, space: str) 
             config.run_encoder,
             config.preprocess,
             config.runtime.seed,
+            inference_workers(config.runtime),
         )
         return {"rows": result.n_docs, "space": space, **asdict(result)}
 
@@ -102,6 +103,7 @@ def cluster_task(
             layout.run_id,
             config.runtime.seed,
             previous_models,
+            inference_workers(config.runtime),
         )
         return {"rows": result.n_docs, **asdict(result)}
 

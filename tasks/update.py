@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks._common import STEP_OPTIONS, run_step
+from tasks._common import STEP_OPTIONS, inference_workers, run_step
 from udl import schema as S
 from udl.changes import delta_path, read_changes
 from udl.cluster.assign import keep_assignments
@@ -77,6 +77,7 @@ def reuse_embeddings_task(
                 delta_path(layout, "embeddings"),
                 previous.encoder,
                 config.encoder,
+                inference_workers(config.runtime),
             )
         computed = merge_embeddings(layout, previous)
         featured = computed.column(S.HAS_FEATURES).to_numpy(zero_copy_only=False)

@@ -20,18 +20,20 @@ import logging
 import time
 from contextlib import closing
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
+import torch
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from udl import schema as S
 from udl.cluster.kmeans import initial_clusters
-from udl.config import EncoderConfig, PreprocessConfig
+from udl.config import EncoderConfig, PreprocessConfig, RuntimeConfig
 from udl.datasets import (
     ENCODER_DIR,
     TFIDF_FILE,
@@ -46,6 +48,7 @@ from udl.encoders.registry import load_encoder, make_encoder
 from udl.encoders.training import TrainingResult
 from udl.encoders.views import unit_rows
 from udl.errors import SchemaError
+from udl.parallel import dask_client, map_parts, worker_threads
 from udl.storage import (
     BackgroundWriter,
     atomic_dir,
@@ -64,6 +67,7 @@ __all__ = [
     "has_supplied_vectors",
     "read_documents",
     "write_embeddings",
+    "write_embeddings_on_workers",
 ]
 
 log = logging.getLogger(__name__)
@@ -155,6 +159,73 @@ def write_embeddings(
     return n_docs, n_empty
 
 
+@lru_cache(maxsize=1)
+def _checkpoint(folder: str, device: str | None, stamp: int) -> Encoder:
+    # A worker loads the checkpoint once for all its parts; `stamp` (the weights' mtime)
+    # reloads one a rerun rewrote.
+    return load_encoder(Path(folder), device)
+
+
+def _embed_part(
+    part: tuple[int, Path, Path], encoder_dir: Path, device: str | None, out: Path
+) -> tuple[int, int]:
+    """Embed one aligned corpus/features part on a Dask worker into part `index` of `out`;
+    returns its document count and how many have no features."""
+    index, corpus_part, features_part = part
+    stamp = max(p.stat().st_mtime_ns for p in encoder_dir.iterdir())
+    encoder = _checkpoint(str(encoder_dir), device, stamp)
+    # torch would start a thread per core in every worker process: it gets the worker's share.
+    torch.set_num_threads(worker_threads() or torch.get_num_threads())
+    doc_ids, docs = read_documents(corpus_part, features_part)
+    vectors, scores, featured = encoder.encode(docs)
+    vectors = vectors.reshape(len(doc_ids), encoder.dim)
+    write_part(embeddings_table(doc_ids, vectors, scores, featured), out, index)
+    return len(doc_ids), int(np.sum(~featured))
+
+
+def write_embeddings_on_workers(
+    encoder_dir: Path,
+    device: str | None,
+    corpus_dir: Path,
+    features_dir: Path,
+    embeddings_dir: Path,
+) -> tuple[int, int]:
+    """`write_embeddings` as one task per part on the active Dask client: each worker loads
+    the checkpoint once (`weights_only=True`) and writes the parts it embeds itself, so only
+    two counts per part come back. The output is the same, byte for byte: an encoder's vector
+    for a document does not depend on the batch it is embedded in. A part whose worker is lost
+    is embedded again elsewhere and written under the same name.
+
+    Args:
+        encoder_dir: the saved encoder (`Encoder.save`), on a path every worker reads.
+        device: torch device on the workers ("auto": the worker's GPU if it has one).
+    """
+    parts = aligned_parts(corpus_dir, features_dir)
+    with atomic_dir(embeddings_dir) as out:
+        counts = map_parts(
+            _embed_part,
+            [(index, *pair) for index, pair in enumerate(parts)],
+            "embed-part",
+            encoder_dir=encoder_dir,
+            device=device,
+            out=out,
+        )
+    return sum(n for n, _ in counts), sum(empty for _, empty in counts)
+
+
+def _embed_all(
+    encoder: Encoder,
+    encoder_dir: Path,
+    device: str | None,
+    paths: tuple[Path, Path, Path],
+    workers: RuntimeConfig | None,
+) -> tuple[int, int]:
+    if workers is None:
+        return write_embeddings(encoder, *paths)
+    with dask_client(workers):
+        return write_embeddings_on_workers(encoder_dir, device, *paths)
+
+
 def has_supplied_vectors(corpus_dir: Path) -> bool:
     """Whether the corpus carries supplied vectors (ingested with `input.embedding_column`).
 
@@ -239,6 +310,7 @@ def embed_corpus(
     encoder_config: EncoderConfig,
     preprocess_config: PreprocessConfig,
     seed: int,
+    workers: RuntimeConfig | None = None,
 ) -> EmbedResult:
     """Train the configured encoder on a sample and write `embeddings/` for every document.
 
@@ -257,6 +329,9 @@ def embed_corpus(
             encoder that reads the text hashes it the same way); its ``n_features`` must be
             the width recorded with the features.
         seed: seeds sampling, initialisation and batch order.
+        workers: the Dask cluster (`udl.parallel.dask_client`'s settings) that embeds every
+            part from the saved checkpoint after training (`write_embeddings_on_workers`);
+            None embeds in this process.
 
     Returns:
         Sizes, training figures and timings.
@@ -291,7 +366,9 @@ def embed_corpus(
         )
     encoder.save(models_dir / ENCODER_DIR)
     trained = time.perf_counter()
-    n_docs, n_empty = write_embeddings(encoder, corpus_dir, features_dir, embeddings_dir)
+    paths = (corpus_dir, features_dir, embeddings_dir)
+    checkpoint = models_dir / ENCODER_DIR
+    n_docs, n_empty = _embed_all(encoder, checkpoint, encoder_config.device, paths, workers)
     history = encoder.training_ or TrainingResult()
     return EmbedResult(
         n_docs=n_docs,
@@ -319,6 +396,7 @@ def embed_with_checkpoint(
     embeddings_dir: Path,
     encoder_dir: Path,
     encoder_config: EncoderConfig,
+    workers: RuntimeConfig | None = None,
 ) -> EmbedResult:
     """Embed new documents with a finished run's encoder: nothing is trained, so each
     document gets the vector it has (or would have) in that run.
@@ -332,6 +410,7 @@ def embed_with_checkpoint(
         embeddings_dir: output dataset, atomic.
         encoder_dir: the run's ``models/encoder`` checkpoint.
         encoder_config: the run's ``normalize``, and the device to embed on.
+        workers: as in `embed_corpus`.
 
     Raises:
         ConfigError: `encoder_dir` holds no checkpoint this udl can load.
@@ -341,7 +420,8 @@ def embed_with_checkpoint(
     started = time.perf_counter()
     encoder = load_encoder(encoder_dir, encoder_config.device)
     loaded = time.perf_counter()
-    n_docs, n_empty = write_embeddings(encoder, corpus_dir, features_dir, embeddings_dir)
+    paths = (corpus_dir, features_dir, embeddings_dir)
+    n_docs, n_empty = _embed_all(encoder, encoder_dir, encoder_config.device, paths, workers)
     return EmbedResult(
         n_docs=n_docs,
         n_train=0,

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import dask
-from distributed import Client, LocalCluster, default_client
+from distributed import Client, LocalCluster, default_client, get_worker
 
 from udl.config import RuntimeConfig
 from udl.errors import ConfigError
 from udl.redact import redact
 
-__all__ = ["compute", "dask_client"]
+__all__ = ["compute", "dask_client", "map_parts", "worker_threads"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @contextmanager
@@ -73,3 +77,37 @@ def compute(collection: Any) -> Any:
         except ValueError:
             return collection.compute(scheduler="synchronous")
     return collection.compute()
+
+
+def map_parts(func: Callable[..., R], items: Sequence[T], name: str, **shared: Any) -> list[R]:
+    """``func(item, **shared)`` for each item, one task per item on the active Dask client
+    (`dask_client`), results in item order.
+
+    The `shared` values (centroids, a checkpoint's path) are scattered once and reach each
+    worker once, not once per task; only the results (small records) come back. Dask runs a
+    task whose worker was lost again on another, so `func` must be idempotent: it writes its
+    own part under a fixed name (`udl.storage.write_part`), never appends.
+
+    Args:
+        name: the tasks' key prefix, as the Dask dashboard shows them.
+
+    Raises:
+        ValueError: no client is active.
+    """
+    client = default_client()
+    handles = {key: client.scatter(value, broadcast=True) for key, value in shared.items()}
+    token = uuid.uuid4().hex[:8]
+    keys = [f"{name}-{token}-{index:05d}" for index in range(len(items))]
+    futures = client.map(func, items, key=keys, **handles)
+    try:
+        return client.gather(futures)
+    finally:
+        client.cancel([*futures, *handles.values()])
+
+
+def worker_threads() -> int | None:
+    """The thread count of the Dask worker running the caller, or None outside a worker."""
+    try:
+        return get_worker().state.nthreads
+    except ValueError:
+        return None

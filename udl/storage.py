@@ -70,6 +70,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        for leftover in tmp.glob(".part-*.tmp-*"):
+            leftover.unlink()  # a part whose writer was killed; the part itself was rewritten
         _fsync_tree(tmp)
         if final.exists():
             trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
@@ -118,6 +120,9 @@ def write_part(table: pa.Table, folder: Path, index: int) -> Path:
     The same table always gives the same bytes (no timestamps or random ids in the file).
     """
     path = folder / f"part-{index:05d}.parquet"
+    # Through a temporary name: a Dask worker lost mid-write leaves no truncated part behind
+    # for the task's rerun on another worker to race with.
+    tmp = folder / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
     # Dictionary pages pay off on repetitive strings (source, label, metadata). On ids, texts
     # and number lists Parquet tries them, overflows and falls back, at ~10x the write time.
     dictionary = [
@@ -140,7 +145,11 @@ def write_part(table: pa.Table, folder: Path, index: int) -> Path:
         "use_dictionary": dictionary,
         "compression": compression,
     }
-    pq.write_table(table, path, **options)
+    try:
+        pq.write_table(table, tmp, **options)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

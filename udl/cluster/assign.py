@@ -21,11 +21,11 @@ from numpy.typing import NDArray
 
 from udl import schema as S
 from udl.cluster.align import Alignment, align_clusters
-from udl.cluster.clusterers import Assigned, make_clusterer
+from udl.cluster.clusterers import Assigned, Clusterer, KMeansClusterer, make_clusterer
 from udl.cluster.health import log_warnings, no_features_warning, result_warnings
 from udl.cluster.kmeans import NearestCentroids
 from udl.cluster.neighbours import Metric
-from udl.config import ClusterConfig
+from udl.config import ClusterConfig, RuntimeConfig
 from udl.datasets import (
     ALIGNMENT_FILE,
     CENTROIDS_FILE,
@@ -35,6 +35,7 @@ from udl.datasets import (
     read_has_features,
 )
 from udl.errors import ConfigError, SchemaError
+from udl.parallel import dask_client, map_parts, worker_threads
 from udl.storage import PartRows, atomic_dir, dataset_parts, write_json_atomic, write_part
 
 __all__ = [
@@ -187,6 +188,86 @@ def _assignment_table(
     return base
 
 
+@dataclass(frozen=True)
+class _Counts:
+    """What one part's assignments add to the step's totals."""
+
+    n_docs: int
+    sizes: NDArray[np.int64]  # documents per cluster id
+    statuses: dict[str, int]
+
+    @classmethod
+    def of(cls, labels: _Labels, n_clusters: int) -> _Counts:
+        return cls(
+            len(labels.ids),
+            np.bincount(labels.ids[labels.ids >= 0], minlength=n_clusters),
+            {status: int(np.sum(labels.status == status)) for status in S.STATUSES},
+        )
+
+
+def _assign_in_process(
+    clusterer: Clusterer,
+    embeddings: Embeddings,
+    parts: list[tuple[Path, Path]],
+    alignment: Alignment | None,
+    run_id: str,
+    out: Path,
+) -> list[_Counts]:
+    counts, offset = [], 0
+    for i, ((emb_part, corpus_part), featured) in enumerate(
+        zip(parts, embeddings.has_features(), strict=True)
+    ):
+        doc_ids, x_part, _ = read_embeddings(emb_part)
+        labels = _label_part(clusterer.assign(x_part, featured, offset), featured, alignment)
+        offset += int(featured.sum())
+        write_part(_assignment_table(corpus_part, doc_ids, labels, run_id), out, i)
+        counts.append(_Counts.of(labels, len(clusterer.centroids_)))
+    return counts
+
+
+def _assign_part(
+    part: tuple[int, Path, Path],
+    centroids: NDArray[np.float32],
+    alignment: Alignment | None,
+    config: ClusterConfig,
+    run_id: str,
+    out: Path,
+) -> _Counts:
+    """One part assigned to the fitted k-means centroids on a Dask worker, written as part
+    `index` of `out`."""
+    import faiss
+
+    index, emb_part, corpus_part = part
+    # FAISS would start an OpenMP thread per core in every worker process.
+    faiss.omp_set_num_threads(worker_threads() or faiss.omp_get_max_threads())
+    doc_ids, x, _ = read_embeddings(emb_part)
+    featured = read_has_features(emb_part)
+    nearest = NearestCentroids(centroids, config.metric)
+    labels = _label_part(nearest.predict(x, config.assign_batch_size), featured, alignment)
+    write_part(_assignment_table(corpus_part, doc_ids, labels, run_id), out, index)
+    return _Counts.of(labels, len(centroids))
+
+
+def _assign_on_workers(
+    centroids: NDArray[np.float32],
+    parts: list[tuple[Path, Path]],
+    alignment: Alignment | None,
+    config: ClusterConfig,
+    run_id: str,
+    out: Path,
+) -> list[_Counts]:
+    return map_parts(
+        _assign_part,
+        [(index, *pair) for index, pair in enumerate(parts)],
+        "assign-part",
+        centroids=centroids,
+        alignment=alignment,
+        config=config,
+        run_id=run_id,
+        out=out,
+    )
+
+
 def cluster_embeddings(
     embeddings_dir: Path,
     corpus_dir: Path,
@@ -196,6 +277,7 @@ def cluster_embeddings(
     run_id: str,
     seed: int,
     previous_models: Path | None = None,
+    workers: RuntimeConfig | None = None,
 ) -> ClusterResult:
     """Cluster the embeddings and write ``assignments/`` (one row per document).
 
@@ -215,6 +297,10 @@ def cluster_embeddings(
         run_id: written into every assignment row.
         seed: seed of the samples, k-means and the DBSCAN cells.
         previous_models: the previous run's ``models/`` folder, or None.
+        workers: the Dask cluster (`udl.parallel.dask_client`'s settings) on which k-means
+            assigns every part, the centroids sent once and each part written by its worker;
+            None assigns in this process. DBSCAN's labels come from its fit on all
+            embeddings, in this process, and are written here either way.
 
     Returns:
         The chosen parameters, counts, selection scores and alignment record.
@@ -241,21 +327,15 @@ def cluster_embeddings(
         }
         write_json_atomic(models_dir / ALIGNMENT_FILE, record)
 
-    n_docs = offset = 0
-    sizes = np.zeros(len(centroids), np.int64)
-    statuses = dict.fromkeys(S.STATUSES, 0)
     with atomic_dir(assignments_dir) as out:
-        for i, ((emb_part, corpus_part), featured) in enumerate(
-            zip(parts, embeddings.has_features(), strict=True)
-        ):
-            doc_ids, x_part, _ = read_embeddings(emb_part)
-            labels = _label_part(clusterer.assign(x_part, featured, offset), featured, alignment)
-            offset += int(featured.sum())
-            write_part(_assignment_table(corpus_part, doc_ids, labels, run_id), out, i)
-            n_docs += len(doc_ids)
-            sizes += np.bincount(labels.ids[labels.ids >= 0], minlength=len(centroids))
-            for status in statuses:
-                statuses[status] += int(np.sum(labels.status == status))
+        if workers is not None and isinstance(clusterer, KMeansClusterer):
+            with dask_client(workers):
+                counts = _assign_on_workers(fitted, parts, alignment, config, run_id, out)
+        else:
+            counts = _assign_in_process(clusterer, embeddings, parts, alignment, run_id, out)
+    n_docs = sum(c.n_docs for c in counts)
+    sizes = np.sum([c.sizes for c in counts], axis=0)
+    statuses = {status: sum(c.statuses[status] for c in counts) for status in S.STATUSES}
     warnings = [
         *no_features_warning(statuses[S.NO_FEATURES], n_docs),
         *clusterer.warnings_,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -74,9 +74,23 @@ class RuntimeConfig(Frozen):
     )
     dask_workers: int = Field(2, ge=1, le=256, description="Workers of the local Dask cluster.")
     dask_memory_limit: str = Field("4GiB", description="Memory limit per local Dask worker.")
+    dask_inference: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "Embedding inference and k-means assignment as one Dask task per part (training "
+            "stays in the flow process): auto on the workers of dask_address when it is set, "
+            "on also on the local cluster, off in the flow process."
+        ),
+    )
     task_timeout_seconds: int = Field(
         6 * 3600, ge=1, description="A step running longer than this fails (and may retry)."
     )
+
+    def inference_on_dask(self) -> bool:
+        """Whether the embed and cluster steps apply their fitted models on the Dask workers."""
+        return self.dask_inference == "on" or (
+            self.dask_inference == "auto" and self.dask_address is not None
+        )
 
     @field_validator("run_id")
     @classmethod
