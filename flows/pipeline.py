@@ -6,10 +6,12 @@ Each run lives in ``<output_dir>/runs/<run_id>/``. Every step's key comes from `
 the run folder, so rerunning a run id does only the work that is not done yet. This module is
 wiring: the policy (keys, the followed run, what a re-clustering inherits) lives in `udl`.
 
-Dask runs *inside* the ingest and preprocess tasks (a client to a LocalCluster, or to the
-configured scheduler), not as the Prefect task runner: the corpus is a few large partitions, not
-thousands of small Prefect tasks, and the other steps (torch, FAISS) must stay in the flow
-process where they own the machine's cores or GPU.
+Dask runs *inside* the tasks (a client to the configured scheduler, or to a LocalCluster the
+run's steps share, see `udl.parallel.cluster_per_run`), not as the Prefect task runner: the
+corpus is a few large partitions, not thousands of small Prefect tasks. Ingest and preprocess
+always run on it; training and fitting stay in the flow process, which owns the machine's
+cores or GPU, and the fitted encoder and centroids are applied on the workers part by part
+when `runtime.dask_inference` says so.
 
 No ``from __future__ import annotations`` here, unlike everywhere else: `udl serve` hands each
 run the flow object, which Prefect cloudpickles into the run's subprocess, and a flow function
@@ -38,6 +40,7 @@ from udl import lineage
 from udl.config import PipelineConfig, ReportConfig
 from udl.datasets import RunLayout
 from udl.manifest import new_run_id, recording, write_manifest
+from udl.parallel import cluster_per_run
 from udl.preflight import check_assign, check_recluster, reusable_run
 from udl.storage import read_json, write_json_atomic
 
@@ -136,7 +139,7 @@ def clustering_pipeline(config: PipelineConfig = PipelineConfig()) -> str:  # no
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     previous = lineage.pin_previous_run(layout)
     config = lineage.resolve_warm_start(config, previous)
-    with recording(layout, config, previous):
+    with recording(layout, config, previous), cluster_per_run():
         ingested = lineage.ingest_key(layout, config)
         for_run(ingest_task, layout, runtime)(layout, config, ingested)
         key, keep_clusters = _preprocess_and_embed(layout, config, ingested, previous)
@@ -172,7 +175,7 @@ def recluster(
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     previous = lineage.pin_previous_run(layout)
     config = lineage.recluster_config(config, source)
-    with recording(layout, config, previous):
+    with recording(layout, config, previous), cluster_per_run():
         embedded = lineage.reuse_steps(source, layout, lineage.RECLUSTER_REUSES)
         _cluster_and_report(layout, config, embedded["key"], previous)
     return str(layout.run_dir)
@@ -193,7 +196,7 @@ def assign_documents(
     layout.run_dir.mkdir(parents=True, exist_ok=True)
     config = lineage.assign_config(config, source)
     runtime = config.runtime
-    with recording(layout, config, source, done="assigned"):
+    with recording(layout, config, source, done="assigned"), cluster_per_run():
         key = lineage.ingest_key(layout, config)
         for_run(ingest_task, layout, runtime)(layout, config, key)
         for step, step_task in (

@@ -35,7 +35,7 @@ from udl.corpus import ingest
 from udl.datasets import ENCODER_DIR, decode_vectors
 from udl.embed import embed_corpus, embed_with_checkpoint, write_embeddings_on_workers
 from udl.features import compute_features
-from udl.parallel import dask_client
+from udl.parallel import cluster_per_run, dask_client
 from udl.storage import dataset_parts
 
 PREPROCESS = PreprocessConfig(n_features=2**12)
@@ -203,7 +203,7 @@ def test_kmeans_assigns_the_same_bytes_on_workers(run: Path, tmp_path: Path) -> 
             previous,
             on,
         )
-        return result.__dict__
+        return {k: v for k, v in result.__dict__.items() if not k.endswith("_seconds")}
 
     first = cluster("first", None, None)
     assert first == cluster("first-workers", None, WORKERS)
@@ -213,3 +213,17 @@ def test_kmeans_assigns_the_same_bytes_on_workers(run: Path, tmp_path: Path) -> 
     assert again["alignment"]["status"] == "aligned"
     assert again == cluster("again-workers", previous, WORKERS)
     _same_bytes(tmp_path / "again" / "assignments", tmp_path / "again-workers" / "assignments")
+
+
+def test_the_steps_of_a_run_share_one_local_cluster() -> None:
+    settings = RuntimeConfig(dask_workers=1, dask_memory_limit="1GiB")
+    with cluster_per_run():
+        with dask_client(settings) as first:
+            address = first.scheduler.address
+        with dask_client(settings) as second:
+            assert second.scheduler.address == address
+            assert len(second.scheduler_info()["workers"]) == 1
+        with dask_client(settings.model_copy(update={"dask_workers": 2})) as other:
+            assert other.scheduler.address != address
+    with pytest.raises(OSError), Client(address, timeout="2s"):
+        pass  # closed with the run

@@ -505,7 +505,9 @@ def _disk_full_at(monkeypatch: pytest.MonkeyPatch, folder: str, first_bad_part: 
 
     def write_table(table: pa.Table, where: Any, **options: Any) -> None:
         path = Path(str(where))
-        if f"/.{folder}.tmp-" in str(path) and path.name >= f"part-{first_bad_part:05d}":
+        # write_part writes part-NNNNN.parquet through a hidden temporary name.
+        part = path.name.lstrip(".")
+        if f"/.{folder}.tmp-" in str(path) and part >= f"part-{first_bad_part:05d}":
             sink = pa.BufferOutputStream()
             real(table, sink, **options)
             data = sink.getvalue().to_pybytes()

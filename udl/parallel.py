@@ -15,12 +15,60 @@ from udl.config import RuntimeConfig
 from udl.errors import ConfigError
 from udl.redact import redact
 
-__all__ = ["compute", "dask_client", "map_parts", "worker_threads"]
+__all__ = ["cluster_per_run", "compute", "dask_client", "map_parts", "worker_threads"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class _RunCluster:
+    """The local cluster shared by the steps of one flow run (see `cluster_per_run`)."""
+
+    scoped = False
+    cluster: LocalCluster | None = None
+    settings: tuple[int, str] | None = None
+
+
+@contextmanager
+def cluster_per_run() -> Iterator[None]:
+    """Let every step of the block share one LocalCluster, started by the first step that
+    needs one and closed when the block ends.
+
+    A LocalCluster takes seconds to start and each worker imports torch and loads the
+    checkpoint again, once per step otherwise. A step asking for other worker settings than
+    the shared cluster's gets a cluster of its own.
+    """
+    if _RunCluster.scoped:
+        yield
+        return
+    _RunCluster.scoped = True
+    try:
+        yield
+    finally:
+        cluster, _RunCluster.cluster, _RunCluster.settings = _RunCluster.cluster, None, None
+        _RunCluster.scoped = False
+        if cluster is not None:
+            cluster.close()
+
+
+def _local_cluster(runtime: RuntimeConfig) -> LocalCluster:
+    cluster = LocalCluster(
+        n_workers=runtime.dask_workers,
+        threads_per_worker=1,
+        processes=True,
+        memory_limit=runtime.dask_memory_limit,
+        dashboard_address=None,
+    )
+    log.info("started local Dask cluster with %d workers", runtime.dask_workers)
+    return cluster
+
+
+@contextmanager
+def _connected(target: str | LocalCluster) -> Iterator[Client]:
+    with Client(target, set_as_default=False) as client, client.as_current():
+        yield client
 
 
 @contextmanager
@@ -32,8 +80,9 @@ def dask_client(runtime: RuntimeConfig) -> Iterator[Client]:
     later computation in the process wait on a closed cluster.
 
     With `runtime.dask_address` it connects to that scheduler (whose workers must reach the
-    run's paths); otherwise it starts a LocalCluster of worker processes, one thread each,
-    with the configured memory limit, and tears it down afterwards.
+    run's paths); otherwise it uses a LocalCluster of worker processes, one thread each, with
+    the configured memory limit: the run's shared one inside `cluster_per_run`, else one
+    started for the block and torn down after it.
     """
     if runtime.dask_address:
         # Logs and errors show the address without any password it carries.
@@ -49,18 +98,14 @@ def dask_client(runtime: RuntimeConfig) -> Iterator[Client]:
         with client, client.as_current():
             yield client
         return
-    with (
-        LocalCluster(
-            n_workers=runtime.dask_workers,
-            threads_per_worker=1,
-            processes=True,
-            memory_limit=runtime.dask_memory_limit,
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-        client.as_current(),
-    ):
-        log.info("started local Dask cluster with %d workers", runtime.dask_workers)
+    settings = (runtime.dask_workers, runtime.dask_memory_limit)
+    if _RunCluster.scoped and _RunCluster.settings in (None, settings):
+        if _RunCluster.cluster is None:
+            _RunCluster.cluster, _RunCluster.settings = _local_cluster(runtime), settings
+        with _connected(_RunCluster.cluster) as client:
+            yield client
+        return
+    with _local_cluster(runtime) as cluster, _connected(cluster) as client:
         yield client
 
 

@@ -19,6 +19,7 @@ not missed there. Step times come from the run's manifest.
     .venv/bin/python tests/bench/bench_scale.py --sizes 100000 1000000 5000000
     .venv/bin/python tests/bench/bench_scale.py --quick                # 20k: a smoke run
     .venv/bin/python tests/bench/bench_scale.py --sizes 1000000 --encoders two_view autoencoder
+    .venv/bin/python tests/bench/bench_scale.py --sizes 1000000 --workers 1 2   # issue 21
 
 Prints a table and writes `.bench/scale.json`. What to look for: seconds per step grow about
 linearly in N (the `s/100k` column stays level), and the flow process's peak stays flat.
@@ -51,7 +52,10 @@ SAMPLE_SECONDS = 0.2
 K = 100
 
 
-def _config(folder: Path, encoder: str) -> dict:
+def _config(folder: Path, encoder: str, workers: int | None = None) -> dict:
+    runtime: dict = {"seed": 0, "dask_workers": workers or 2}
+    if workers is not None:
+        runtime["dask_inference"] = "on"
     return {
         "encoder": {"kind": encoder},
         "input": {
@@ -62,7 +66,7 @@ def _config(folder: Path, encoder: str) -> dict:
             "label_column": "label",
         },
         "cluster": {"algorithm": "kmeans", "k": K},
-        "runtime": {"seed": 0, "dask_workers": 2},
+        "runtime": runtime,
     }
 
 
@@ -161,6 +165,8 @@ def run_pipeline(folder: Path, output: Path, config: dict, label: str) -> dict:
         raise SystemExit(f"udl run ({label}) failed ({code}); see {log}")
     (run_dir,) = [p for p in (output / "runs").glob("*") if p.name not in before]
     manifest = json.loads((run_dir / "manifest.json").read_text())
+    embedded = json.loads((run_dir / "steps" / "embed.json").read_text())
+    clustered = json.loads((run_dir / "steps" / "cluster.json").read_text())
     lifetime: dict[str, float] = defaultdict(float)
     for role, hwm in sampler.lifetime.values():
         lifetime[role] = max(lifetime[role], hwm)
@@ -169,6 +175,14 @@ def run_pipeline(folder: Path, output: Path, config: dict, label: str) -> dict:
         "wall_seconds": wall,
         "rows": manifest["rows"],
         "step_seconds": {s: manifest["steps"][s]["seconds"] for s in STEPS},
+        # The parts that run on the Dask workers with runtime.dask_inference: inference and
+        # assignment; training and fitting stay in the flow process.
+        "phase_seconds": {
+            "embed_train": embedded.get("train_seconds"),
+            "embed_inference": embedded.get("embed_seconds"),
+            "cluster_fit": clustered.get("fit_seconds"),
+            "cluster_assign": clustered.get("assign_seconds"),
+        },
         "step_peak_mib": {s: dict(p) for s, p in sampler.step_peaks.items()},
         "lifetime_peak_mib": dict(lifetime),
         "n_processes": len(sampler.lifetime),
@@ -176,13 +190,39 @@ def run_pipeline(folder: Path, output: Path, config: dict, label: str) -> dict:
     }
 
 
-def run_size(n_docs: int, encoder: str) -> dict:
+def run_size(n_docs: int, encoder: str, workers: int | None = None) -> dict:
     folder = build_input(n_docs)
-    output = WORKDIR / "out" / f"{n_docs}-{encoder}"
+    label = f"{n_docs}-{encoder}" + (f"-w{workers}" if workers else "")
+    output = WORKDIR / "out" / label
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
-    figures = run_pipeline(folder, output, _config(folder, encoder), f"{n_docs}-{encoder}")
-    return {"docs": n_docs, "encoder": encoder, **figures}
+    figures = run_pipeline(folder, output, _config(folder, encoder, workers), label)
+    return {"docs": n_docs, "encoder": encoder, "workers": workers, **figures}
+
+
+def _speedups(rows: list[dict]) -> list[str]:
+    """For each size and encoder run with several worker counts: how much faster the most
+    workers made each step and each worker phase than one worker."""
+    lines = []
+    for one in (r for r in rows if r["workers"] == 1):
+        runs = [r for r in rows if (r["docs"], r["encoder"]) == (one["docs"], one["encoder"])]
+        most = max(runs, key=lambda r: r["workers"])
+        if most is one:
+            continue
+        ratios = [
+            f"{name} {one[table][name] / most[table][name]:.2f}x"
+            for table, names in (
+                ("step_seconds", ("embed", "cluster")),
+                ("phase_seconds", ("embed_inference", "cluster_assign")),
+            )
+            for name in names
+        ]
+        lines.append(
+            f"{one['docs']:,} docs, {one['encoder']}: {most['workers']} workers vs 1: "
+            + ", ".join(ratios)
+            + f"; whole run {one['wall_seconds'] / most['wall_seconds']:.2f}x"
+        )
+    return lines
 
 
 def _table(rows: list[dict]) -> str:
@@ -194,18 +234,19 @@ def _table(rows: list[dict]) -> str:
     ]
     for row in rows:
         scale = row["docs"] / 100_000
+        name = row["encoder"] + (f"/w{row['workers']}" if row.get("workers") else "")
         for step in ["startup", *STEPS]:
             peaks = row["step_peak_mib"].get(step, {})
             seconds = row["step_seconds"].get(step)
             shown = f"{seconds:8.1f} {seconds / scale:7.1f}" if seconds is not None else " " * 16
             lines.append(
-                f"{row['docs']:>9,} {row['encoder']:<11} {step:<11} {shown} "
+                f"{row['docs']:>9,} {name:<11} {step:<11} {shown} "
                 f"{peaks.get('flow', 0):9.0f} "
                 f"{peaks.get('worker', 0):10.0f} {peaks.get('all', 0):8.0f}"
             )
         life = row["lifetime_peak_mib"]
         lines.append(
-            f"{row['docs']:>9,} {row['encoder']:<11} {'whole run':<11} {row['wall_seconds']:8.1f} "
+            f"{row['docs']:>9,} {name:<11} {'whole run':<11} {row['wall_seconds']:8.1f} "
             f"{row['wall_seconds'] / scale:7.1f} {life.get('flow', 0):9.0f} "
             f"{life.get('worker', 0):10.0f} {'(VmHWM)':>8}"
         )
@@ -223,13 +264,21 @@ def main() -> None:
         choices=["two_view", "autoencoder", "attention", "pretrained"],
         help="encoder.kind of each run (every size runs each)",
     )
+    parser.add_argument(
+        "--workers",
+        nargs="+",
+        type=int,
+        help="run each size with these many local Dask workers, inference and assignment on "
+        "them (runtime.dask_inference on); default: the flow process, 2 workers",
+    )
     args = parser.parse_args()
     sizes = [20_000] if args.quick else args.sizes
     rows = []
     for n_docs in sizes:
         for encoder in args.encoders:
-            rows.append(run_size(n_docs, encoder))
-            print(_table(rows[-1:]), flush=True)
+            for workers in args.workers or [None]:
+                rows.append(run_size(n_docs, encoder, workers))
+                print(_table(rows[-1:]), flush=True)
         embed = {r["encoder"]: r["step_seconds"]["embed"] for r in rows if r["docs"] == n_docs}
         if "two_view" in embed and "autoencoder" in embed:
             print(
@@ -247,6 +296,7 @@ def main() -> None:
     )
     if len(rows) > 1:
         print(_table(rows))
+    print("\n".join(_speedups(rows)))
     print(f"written to {RESULT}")
 
 

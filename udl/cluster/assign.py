@@ -10,6 +10,7 @@ look (a dominant cluster, mostly noise, those documents) come with warnings
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,8 @@ class ClusterResult:
     alignment: dict[str, Any] = field(default_factory=dict)
     n_no_features: int = 0
     warnings: list[str] = field(default_factory=list)
+    fit_seconds: float = 0.0  # choosing k or eps, fitting and aligning, in this process
+    assign_seconds: float = 0.0  # assigning every document and writing assignments/
 
 
 def _check_featured(embeddings: Embeddings) -> None:
@@ -309,6 +312,7 @@ def cluster_embeddings(
         ConfigError: parameters that do not fit the data (e.g. k above the number of docs).
         SchemaError: embeddings and corpus parts that do not line up.
     """
+    started = time.perf_counter()
     parts = aligned_parts(embeddings_dir, corpus_dir)
     embeddings = Embeddings(embeddings_dir)
     _check_featured(embeddings)
@@ -327,6 +331,7 @@ def cluster_embeddings(
         }
         write_json_atomic(models_dir / ALIGNMENT_FILE, record)
 
+    fitted_at = time.perf_counter()
     with atomic_dir(assignments_dir) as out:
         if workers is not None and isinstance(clusterer, KMeansClusterer):
             with dask_client(workers):
@@ -356,6 +361,8 @@ def cluster_embeddings(
         alignment=record if previous_models is not None else {},
         n_no_features=statuses[S.NO_FEATURES],
         warnings=warnings,
+        fit_seconds=fitted_at - started,
+        assign_seconds=time.perf_counter() - fitted_at,
     )
 
 
