@@ -148,7 +148,9 @@ def report_task(
     }
 
     def compute() -> dict:
-        result = build_report(layout, config, steps, previous)
+        result = build_report(
+            layout, config, steps, previous, workers=inference_workers(config.runtime)
+        )
         _artifacts(result)
         mark_latest(layout)
         return {"rows": result.metrics["n_docs"], "metrics": result.metrics}

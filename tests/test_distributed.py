@@ -32,10 +32,12 @@ from udl.config import (
     TwoViewConfig,
 )
 from udl.corpus import ingest
-from udl.datasets import ENCODER_DIR, decode_vectors
+from udl.datasets import ENCODER_DIR, RunLayout, decode_vectors, read_vocabulary
+from udl.describe import ClusterDescriber
 from udl.embed import embed_corpus, embed_with_checkpoint, write_embeddings_on_workers
 from udl.features import compute_features
 from udl.parallel import cluster_per_run, dask_client
+from udl.report_inputs import stream_parts
 from udl.storage import dataset_parts
 
 PREPROCESS = PreprocessConfig(n_features=2**12)
@@ -227,3 +229,39 @@ def test_the_steps_of_a_run_share_one_local_cluster() -> None:
             assert other.scheduler.address != address
     with pytest.raises(OSError), Client(address, timeout="2s"):
         pass  # closed with the run
+
+
+def test_the_report_pass_on_workers_describes_the_same_clusters(
+    run: Path, workers: Client, tmp_path: Path
+) -> None:
+    """Each part described on a worker, the summaries merged in part order: the same
+    keywords, sizes, representatives, outliers and label counts, bit for bit."""
+    layout = RunLayout(tmp_path, "r")
+    for name in ("corpus", "features"):
+        layout.run_dir.mkdir(parents=True, exist_ok=True)
+        (layout.run_dir / name).symlink_to(run / name)
+    _, embeddings = _trained(run, "autoencoder", tmp_path)
+    embeddings.rename(layout.embeddings)
+    cluster_embeddings(
+        layout.embeddings,
+        layout.corpus,
+        layout.assignments,
+        tmp_path / "models",
+        ClusterConfig(k=4),
+        "r",
+        0,
+    )
+    vocabulary = read_vocabulary(run / "models")
+
+    def described(on: RuntimeConfig | None) -> tuple:
+        describer = ClusterDescriber(PREPROCESS.n_features, 0.5, n_examples=3)
+        with workers.as_current():
+            contingency = stream_parts(layout, describer, PREPROCESS.n_features, on)
+        return describer.result(vocabulary), contingency
+
+    here, there = described(None), described(WORKERS)
+    assert here[0] == there[0]
+    assert here[0].n_outliers_flagged > 0 and len(here[0].clusters) == 4
+    assert here[1].classes == there[1].classes
+    np.testing.assert_array_equal(here[1].counts, there[1].counts)
+    assert here[1].counts.sum() == 1000

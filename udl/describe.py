@@ -161,6 +161,40 @@ class ClusterDescriber:
         self._n_no_features = 0
         self._no_features: list[Example] = []
 
+    def fresh(self) -> ClusterDescriber:
+        """An empty describer with the same settings (one part's, to `merge` later)."""
+        return ClusterDescriber(
+            self.n_features, self.anomaly_threshold, self.n_examples, self.n_outlier_examples
+        )
+
+    def merge(self, other: ClusterDescriber) -> None:
+        """Add what `other` saw, as if its parts had been added here after this one's.
+
+        Merged in part order, the result is the one `update` gives part by part, bit for bit:
+        the same sums in the same order, and representatives and outliers chosen by a total
+        order (score, then doc id).
+        """
+        size = max(len(self._sizes), len(other._sizes))
+        self._sizes = _grow(self._sizes, size)
+        self._anomaly = _grow(self._anomaly, size)
+        self._sizes[: len(other._sizes)] += other._sizes
+        self._anomaly[: len(other._anomaly)] += other._anomaly
+        rows = max(self._sums.shape[0], other._sums.shape[0])
+        self._sums.resize((rows, self.n_features))
+        theirs = other._sums.copy()
+        theirs.resize((rows, self.n_features))
+        self._sums = (self._sums + theirs).tocsr()
+        for cluster, entries in other._nearest.items():
+            heap = self._nearest.setdefault(cluster, [])
+            for entry in entries:
+                _push(heap, entry[2], self.n_examples)
+        for entry in other._outliers:
+            _push(self._outliers, entry[2], self.n_outlier_examples)
+        self._n_flagged += other._n_flagged
+        self._n_no_features += other._n_no_features
+        room = max(self.n_examples - len(self._no_features), 0)
+        self._no_features.extend(other._no_features[:room])
+
     def update(
         self,
         doc_ids: pa.Array | pa.ChunkedArray,

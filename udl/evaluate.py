@@ -82,6 +82,10 @@ class ContingencyCounter:
         ):
             self._counts[(str(label), int(cluster))] += int(count)
 
+    def merge(self, other: ContingencyCounter) -> None:
+        """Add the counts of `other` (another part's)."""
+        self._counts.update(other._counts)
+
     def result(self) -> Contingency:
         """The table so far (empty shapes when no labelled document was seen)."""
         classes = sorted({label for label, _ in self._counts})

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from udl.changes import document_moves
 from udl.compare import compare_runs
-from udl.config import PipelineConfig
+from udl.config import PipelineConfig, RuntimeConfig
 from udl.datasets import RunLayout, read_feature_width, read_vocabulary
 from udl.describe import ClusterDescriber, Description
 from udl.evaluate import Contingency, InternalScores, contingency_scores, internal_scores
@@ -207,6 +207,7 @@ def build_report(
     steps: dict[str, dict[str, Any]],
     previous: RunLayout | None = None,
     undefined: type[Undefined] = Undefined,
+    workers: RuntimeConfig | None = None,
 ) -> ReportResult:
     """Evaluate a finished run, write ``report/metrics.json`` and ``report/index.html``.
 
@@ -219,6 +220,7 @@ def build_report(
             when it has a report; None compares with nothing.
         undefined: what the template does with a missing value; tests pass
             `jinja2.StrictUndefined` so that one fails there rather than in front of a user.
+        workers: the Dask cluster that describes the parts (`stream_parts`); None: here.
 
     Returns:
         The metrics written, the cluster description and the paths of both files.
@@ -231,7 +233,7 @@ def build_report(
     # Runs written before the width was recorded with the features have it in their config.
     width = read_feature_width(layout.models, legacy=config.preprocess.n_features)
     describer = ClusterDescriber(width, threshold, report.n_examples, report.n_outlier_examples)
-    contingency = stream_parts(layout, describer, width)
+    contingency = stream_parts(layout, describer, width, workers)
     description = describer.result(read_vocabulary(layout.models), report.n_keywords)
     metrics = _metrics(description, scores, contingency, steps)
     metrics["rejects_by_reason"] = rejects_by_reason(layout, steps["ingest"])

@@ -21,9 +21,11 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from udl import schema as S
+from udl.config import RuntimeConfig
 from udl.datasets import RunLayout, aligned_parts, decode_vectors, read_csr
 from udl.describe import ClusterDescriber
 from udl.evaluate import Contingency, ContingencyCounter
+from udl.parallel import dask_client, map_parts
 from udl.storage import dataset_parts, read_json, sample_rows
 
 __all__ = [
@@ -90,36 +92,80 @@ def read_sample(layout: RunLayout, size: int, seed: int) -> Sample:
     return Sample(np.concatenate(xs), np.concatenate(clusters), np.concatenate(anomaly))
 
 
+def _describe_part(
+    parts: tuple[Path, Path, Path, Path],
+    describer: ClusterDescriber,
+    counter: ContingencyCounter | None,
+    columns: list[str],
+    legacy_width: int,
+) -> None:
+    """Add one part's documents (assignments, corpus, features, embeddings) to `describer`
+    and, for a labelled run, to `counter`."""
+    assign_part, corpus_part, features_part, emb_part = parts
+    assign = pq.read_table(assign_part, columns=columns)
+    clusters = assign.column(S.CLUSTER_ID).to_numpy()
+    describer.update(
+        doc_ids=assign.column(S.DOC_ID),
+        texts=pq.read_table(corpus_part, columns=[S.TEXT]).column(S.TEXT),
+        clusters=clusters,
+        distance=assign.column(S.DISTANCE).to_numpy(),
+        anomaly=pq.read_table(emb_part, columns=[S.ANOMALY]).column(S.ANOMALY).to_numpy(),
+        tfidf=read_csr(pq.read_table(features_part, columns=[S.INDICES, S.VALUES]), legacy_width),
+        no_features=_no_features(assign),
+    )
+    if counter is not None:
+        counter.update(assign.column(S.LABEL), clusters)
+
+
+def _described_on_worker(
+    parts: tuple[Path, Path, Path, Path],
+    blank: ClusterDescriber,
+    columns: list[str],
+    legacy_width: int,
+) -> tuple[ClusterDescriber, ContingencyCounter | None]:
+    describer = blank.fresh()
+    counter = ContingencyCounter() if S.LABEL in columns else None
+    _describe_part(parts, describer, counter, columns, legacy_width)
+    return describer, counter
+
+
 def stream_parts(
-    layout: RunLayout, describer: ClusterDescriber, legacy_width: int
+    layout: RunLayout,
+    describer: ClusterDescriber,
+    legacy_width: int,
+    workers: RuntimeConfig | None = None,
 ) -> Contingency | None:
     """One pass over the aligned parts; returns the label contingency of labelled runs.
     `legacy_width`: the features' width where a part predates its recording.
 
     Documents without features count in the contingency as unclustered (with noise, -1), so
     that a run does not score better for leaving documents out.
+
+    With `workers` (`udl.parallel.dask_client`'s settings) each part is described on a Dask
+    worker and only its summary (sizes, keyword sums, its nearest and most anomalous
+    documents, label counts) comes back, merged in part order: the same result as here.
     """
     assign_parts = dataset_parts(layout.assignments)
     columns = _assignment_columns(assign_parts[0], [S.DOC_ID, S.CLUSTER_ID, S.DISTANCE])
     counter = ContingencyCounter() if S.LABEL in columns else None
-    for assign_part, corpus_part, features_part, emb_part in aligned_parts(
-        layout.assignments, layout.corpus, layout.features, layout.embeddings
-    ):
-        assign = pq.read_table(assign_part, columns=columns)
-        clusters = assign.column(S.CLUSTER_ID).to_numpy()
-        describer.update(
-            doc_ids=assign.column(S.DOC_ID),
-            texts=pq.read_table(corpus_part, columns=[S.TEXT]).column(S.TEXT),
-            clusters=clusters,
-            distance=assign.column(S.DISTANCE).to_numpy(),
-            anomaly=pq.read_table(emb_part, columns=[S.ANOMALY]).column(S.ANOMALY).to_numpy(),
-            tfidf=read_csr(
-                pq.read_table(features_part, columns=[S.INDICES, S.VALUES]), legacy_width
-            ),
-            no_features=_no_features(assign),
-        )
-        if counter is not None:
-            counter.update(assign.column(S.LABEL), clusters)
+    parts = aligned_parts(layout.assignments, layout.corpus, layout.features, layout.embeddings)
+    if workers is None:
+        for paths in parts:
+            _describe_part(paths, describer, counter, columns, legacy_width)
+    else:
+        with dask_client(workers):
+            summaries = map_parts(
+                _described_on_worker,
+                parts,
+                "describe-part",
+                blank=describer.fresh(),
+                columns=columns,
+                legacy_width=legacy_width,
+            )
+        for part_describer, part_counter in summaries:
+            describer.merge(part_describer)
+            if counter is not None and part_counter is not None:
+                counter.merge(part_counter)
     return counter.result() if counter is not None else None
 
 

@@ -19,7 +19,7 @@ not missed there. Step times come from the run's manifest.
     .venv/bin/python tests/bench/bench_scale.py --sizes 100000 1000000 5000000
     .venv/bin/python tests/bench/bench_scale.py --quick                # 20k: a smoke run
     .venv/bin/python tests/bench/bench_scale.py --sizes 1000000 --encoders two_view autoencoder
-    .venv/bin/python tests/bench/bench_scale.py --sizes 1000000 --workers 1 2   # issue 21
+    .venv/bin/python tests/bench/bench_scale.py --sizes 1000000 --workers 1 2 --pin  # issue 21
 
 Prints a table and writes `.bench/scale.json`. What to look for: seconds per step grow about
 linearly in N (the `s/100k` column stays level), and the flow process's peak stays flat.
@@ -94,12 +94,25 @@ def _hwm_mib(pid: int) -> float | None:
     return None
 
 
-class Sampler(threading.Thread):
-    """Peak RSS per (step, role) of a process tree, and each process's lifetime peak."""
+def _pin(pid: int, core: int) -> None:
+    """Every thread of process `pid` on `core` (threads started later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            os.sched_setaffinity(int(task.name), {core})
+        except OSError:
+            continue
 
-    def __init__(self, root: int, output: Path, earlier: frozenset[str] = frozenset()) -> None:
+
+class Sampler(threading.Thread):
+    """Peak RSS per (step, role) of a process tree, and each process's lifetime peak; with
+    `pin`, each Dask worker process on a core of its own."""
+
+    def __init__(
+        self, root: int, output: Path, earlier: frozenset[str] = frozenset(), pin: bool = False
+    ) -> None:
         super().__init__(daemon=True)
         self.root, self.output, self.earlier = psutil.Process(root), output, earlier
+        self.pin, self.cores = pin, {}
         self.stop = threading.Event()
         self.step_peaks: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self.lifetime: dict[int, tuple[str, float]] = {}
@@ -125,6 +138,9 @@ class Sampler(threading.Thread):
                 except psutil.Error:
                     continue
                 role = _role(process, self.root.pid)
+                if self.pin and role == "worker":
+                    core = self.cores.setdefault(process.pid, len(self.cores) % os.cpu_count())
+                    _pin(process.pid, core)
                 peaks = self.step_peaks[step]
                 peaks[role] = max(peaks[role], rss)
                 totals[role] += rss
@@ -136,7 +152,7 @@ class Sampler(threading.Thread):
             self.stop.wait(SAMPLE_SECONDS)
 
 
-def run_pipeline(folder: Path, output: Path, config: dict, label: str) -> dict:
+def run_pipeline(folder: Path, output: Path, config: dict, label: str, pin: bool = False) -> dict:
     """`udl run` on `folder` into `output` (a child process, sampled); its figures."""
     config_path = output.parent / f"config-{label}.json"  # JSON is YAML
     config_path.write_text(json.dumps(config))
@@ -155,7 +171,7 @@ def run_pipeline(folder: Path, output: Path, config: dict, label: str) -> dict:
     started = time.perf_counter()
     with log.open("w") as sink:
         child = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        sampler = Sampler(child.pid, output, before)
+        sampler = Sampler(child.pid, output, before, pin)
         sampler.start()
         code = child.wait()
         sampler.stop.set()
@@ -190,14 +206,14 @@ def run_pipeline(folder: Path, output: Path, config: dict, label: str) -> dict:
     }
 
 
-def run_size(n_docs: int, encoder: str, workers: int | None = None) -> dict:
+def run_size(n_docs: int, encoder: str, workers: int | None = None, pin: bool = False) -> dict:
     folder = build_input(n_docs)
     label = f"{n_docs}-{encoder}" + (f"-w{workers}" if workers else "")
     output = WORKDIR / "out" / label
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
-    figures = run_pipeline(folder, output, _config(folder, encoder, workers), label)
-    return {"docs": n_docs, "encoder": encoder, "workers": workers, **figures}
+    figures = run_pipeline(folder, output, _config(folder, encoder, workers), label, pin)
+    return {"docs": n_docs, "encoder": encoder, "workers": workers, "pinned": pin, **figures}
 
 
 def _speedups(rows: list[dict]) -> list[str]:
@@ -271,13 +287,20 @@ def main() -> None:
         help="run each size with these many local Dask workers, inference and assignment on "
         "them (runtime.dask_inference on); default: the flow process, 2 workers",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="each Dask worker process on a core of its own, as its one thread says: "
+        "unpinned, one worker also runs its second threads (the two-view encoder tokenizes "
+        "a chunk ahead) on the cores other workers would use",
+    )
     args = parser.parse_args()
     sizes = [20_000] if args.quick else args.sizes
     rows = []
     for n_docs in sizes:
         for encoder in args.encoders:
             for workers in args.workers or [None]:
-                rows.append(run_size(n_docs, encoder, workers))
+                rows.append(run_size(n_docs, encoder, workers, args.pin))
                 print(_table(rows[-1:]), flush=True)
         embed = {r["encoder"]: r["step_seconds"]["embed"] for r in rows if r["docs"] == n_docs}
         if "two_view" in embed and "autoencoder" in embed:
