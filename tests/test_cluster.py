@@ -506,6 +506,18 @@ def test_dbscan_warns_about_a_single_cluster_and_about_mostly_noise(tmp_path: Pa
     assert _run(tmp_path, corpus, embeddings, "fine", fine)[0].warnings == []
 
 
+def test_dbscan_over_its_memory_limit_stops_before_loading(tmp_path: Path) -> None:
+    x, truth = _blobs(n=600, centers=3, dim=4, seed=11, std=0.5)
+    corpus, embeddings = _write_dataset(tmp_path, x, truth)
+    # 600 vectors of 4 float32, twice: 19,200 bytes.
+    tight = ClusterConfig(algorithm="dbscan", eps=2.0, metric="l2", dbscan_max_gib=19_000 / 2**30)
+    with pytest.raises(ConfigError, match=r"all 600 vectors of width 4 .*dbscan_max_gib"):
+        _run(tmp_path, corpus, embeddings, "tight", tight)
+    assert not (tmp_path / "tight" / "assignments").exists()
+    enough = tight.model_copy(update={"dbscan_max_gib": 19_200 / 2**30})
+    assert _run(tmp_path, corpus, embeddings, "enough", enough)[0].n_clusters == 3
+
+
 def test_kmeans_warns_about_empty_clusters_when_k_exceeds_distinct_points(tmp_path: Path) -> None:
     x = np.repeat(np.eye(2, 3, dtype=np.float32), 10, axis=0)  # 20 documents, 2 distinct
     corpus, embeddings = _write_dataset(tmp_path, x, np.repeat([0, 1], 10), parts=2)

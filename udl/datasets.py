@@ -275,6 +275,11 @@ class Embeddings:
             self._has_features = [read_has_features(p) for p in self.parts]
         return self._has_features
 
+    def featured_shape(self) -> tuple[int, int]:
+        """(documents with features, vector width), read without loading a vector."""
+        dim = pq.read_schema(self.parts[0]).field(S.EMBEDDING).type.list_size
+        return sum(int(mask.sum()) for mask in self.has_features()), dim
+
     def sample(self, size: int, seed: int) -> NDArray[np.float32]:
         """A seeded uniform sample (at most `size`, n x dim) of the vectors of documents with
         features; only the sampled rows stay in memory."""

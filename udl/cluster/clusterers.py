@@ -157,6 +157,7 @@ class DBSCANClusterer:
 
     def fit(self, embeddings: Embeddings, previous: NDArray[np.float32] | None) -> Self:
         config = self.config
+        _check_memory(embeddings, config.dbscan_max_gib)
         x = embeddings.featured()
         flat_max, nprobe = config.dbscan_flat_max, config.dbscan_nprobe
         if config.eps == "auto":
@@ -232,6 +233,19 @@ CLUSTERERS: dict[str, Callable[[ClusterConfig, int], Clusterer]] = {
 def make_clusterer(config: ClusterConfig, seed: int) -> Clusterer:
     """The unfitted clusterer of `config.algorithm`."""
     return CLUSTERERS[config.algorithm](config, seed)
+
+
+def _check_memory(embeddings: Embeddings, max_gib: float) -> None:
+    """A clear error before DBSCAN loads more vectors than `cluster.dbscan_max_gib` allows."""
+    n, dim = embeddings.featured_shape()
+    need = 2 * n * dim * 4 / 2**30
+    if need > max_gib:
+        raise ConfigError(
+            f"DBSCAN holds all {n:,} vectors of width {dim} in the flow process, about "
+            f"{need:.1f} GiB with FAISS's copy, over cluster.dbscan_max_gib={max_gib:g}; raise "
+            "it if this machine has the memory, or use k-means, which fits on a sample and "
+            "assigns part by part (on the Dask workers with runtime.dask_inference)."
+        )
 
 
 def _centroids_of(

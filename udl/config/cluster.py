@@ -63,6 +63,15 @@ class ClusterConfig(Frozen):
             "by k-means cells that is still exact."
         ),
     )
+    dbscan_max_gib: float = Field(
+        16.0,
+        gt=0,
+        description=(
+            "Most memory DBSCAN may take in the flow process, which holds every vector with "
+            "features twice (the vectors, FAISS's copy: n x dim x 8 bytes) plus one batch of "
+            "neighbourhoods; a larger run stops before loading them."
+        ),
+    )
     dbscan_nprobe: int | None = Field(
         None,
         ge=1,
