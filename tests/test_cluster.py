@@ -18,7 +18,7 @@ from udl import schema as S
 from udl.cluster.align import align_clusters
 from udl.cluster.assign import cluster_embeddings
 from udl.cluster.clusterers import make_clusterer
-from udl.cluster.kmeans import FaissKMeans
+from udl.cluster.kmeans import FaissKMeans, NearestCentroids
 from udl.cluster.selection import K_RULE, choose_k
 from udl.config import ClusterConfig
 from udl.datasets import ALIGNMENT_FILE, CENTROIDS_FILE, Embeddings
@@ -580,3 +580,19 @@ def test_clusterers_label_the_corpus_part_by_part_as_one_whole(
     whole = np.concatenate(labels)
     assert adjusted_rand_score(truth[featured], whole) == 1.0
     assert len(clusterer.centroids_) == 4
+
+
+@pytest.mark.gpu
+def test_nearest_centroids_on_the_gpu_match_the_cpu() -> None:
+    """With faiss-gpu, assignment searches on the GPU: the same nearest centroids (where the
+    two nearest are not within rounding of each other) and distances to float32 rounding."""
+    faiss = pytest.importorskip("faiss")
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        pytest.fail("FAISS GPU is not installed or sees no GPU: pip install faiss-gpu")
+    x, _ = _blobs(n=20_000, centers=50, dim=64, seed=3)
+    centroids = x[:50].astype(np.float32)
+    gpu = NearestCentroids(centroids, "cosine").predict(x)
+    cpu = NearestCentroids(centroids, "cosine", gpu=False).predict(x)
+    clear = cpu[2] > 1e-4
+    assert np.array_equal(gpu[0][clear], cpu[0][clear])
+    np.testing.assert_allclose(gpu[1], cpu[1], atol=1e-5)

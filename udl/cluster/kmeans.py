@@ -28,7 +28,7 @@ from sklearn.cluster import kmeans_plusplus
 
 from udl.cluster._checks import Metric, check_metric, check_positive_int, check_x
 from udl.cluster.lloyd import LloydResult, lloyd
-from udl.cluster.neighbours import flat_index
+from udl.cluster.neighbours import flat_index, on_gpu
 from udl.errors import ConfigError, NotFittedError
 
 __all__ = ["FaissKMeans", "NearestCentroids", "initial_clusters", "prepare", "to_distance"]
@@ -234,9 +234,10 @@ class NearestCentroids:
     Args:
         centroids: float array (k, dim), k >= 2, row i the centre of cluster i.
         metric: ``"cosine"`` (rows compared as directions) or ``"l2"``.
+        gpu: search on the GPU when FAISS GPU and a device are there (`on_gpu`).
     """
 
-    def __init__(self, centroids: NDArray[np.floating], metric: Metric) -> None:
+    def __init__(self, centroids: NDArray[np.floating], metric: Metric, gpu: bool = True) -> None:
         check_metric(metric, "NearestCentroids")
         if centroids.ndim != 2 or len(centroids) < 2:
             raise ConfigError(
@@ -245,7 +246,8 @@ class NearestCentroids:
         self.metric = metric
         # For cosine, assignment compares directions, so the index holds unit centroids even
         # when plain (non-spherical) k-means left them shorter.
-        self._index = flat_index(prepare(centroids, metric), metric)
+        index = flat_index(prepare(centroids, metric), metric)
+        self._index = on_gpu(index) if gpu else index
 
     def predict(
         self, x: NDArray[np.floating], batch_size: int = 65_536

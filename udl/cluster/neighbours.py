@@ -26,13 +26,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from functools import cache
 from typing import Literal, Protocol
 
 import faiss
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["CellSearcher", "FlatSearcher", "NeighbourSearcher", "flat_index", "search_copy"]
+__all__ = [
+    "CellSearcher",
+    "FlatSearcher",
+    "NeighbourSearcher",
+    "flat_index",
+    "on_gpu",
+    "search_copy",
+]
 
 Metric = Literal["cosine", "l2"]
 
@@ -84,6 +92,24 @@ def flat_index(xs: NDArray[np.float32], metric: Metric) -> faiss.Index:
     index = faiss.IndexFlatIP(xs.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(xs.shape[1])
     index.add(np.ascontiguousarray(xs, dtype=np.float32))
     return index
+
+
+@cache
+def _gpu_resources() -> faiss.StandardGpuResources:
+    # One per process: each holds a pool of GPU scratch memory.
+    return faiss.StandardGpuResources()
+
+
+def on_gpu(index: faiss.Index) -> faiss.Index:
+    """`index` on this process's first visible GPU with FAISS GPU installed (``faiss-gpu``
+    instead of ``faiss-cpu``), else unchanged.
+
+    Only for k-nearest searches: FAISS has no range search on GPU. Distances computed there
+    round differently from the CPU's in the last bits.
+    """
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        return index
+    return faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
 
 
 class FlatSearcher:
