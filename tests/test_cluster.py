@@ -596,3 +596,23 @@ def test_nearest_centroids_on_the_gpu_match_the_cpu() -> None:
     clear = cpu[2] > 1e-4
     assert np.array_equal(gpu[0][clear], cpu[0][clear])
     np.testing.assert_allclose(gpu[1], cpu[1], atol=1e-5)
+
+
+def test_nearest_centroids_do_not_depend_on_the_thread_count() -> None:
+    """FAISS's BLAS rounds 512-d scores differently on 4 threads than on 1; assignment must
+    give the same bytes in the flow process and on a one-thread Dask worker."""
+    import faiss
+
+    x = np.random.default_rng(0).standard_normal((20_000, 512)).astype(np.float32)
+    nearest = NearestCentroids(x[:100], "cosine", gpu=False)
+    before = faiss.omp_get_max_threads()
+    try:
+        faiss.omp_set_num_threads(4)
+        many = nearest.predict(x)
+        faiss.omp_set_num_threads(1)
+        one = nearest.predict(x)
+    finally:
+        faiss.omp_set_num_threads(before)
+    for a, b in zip(many, one, strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert faiss.omp_get_max_threads() == before

@@ -36,7 +36,7 @@ from udl.datasets import (
     read_has_features,
 )
 from udl.errors import ConfigError, SchemaError
-from udl.parallel import dask_client, map_parts, worker_threads
+from udl.parallel import dask_client, map_parts
 from udl.storage import PartRows, atomic_dir, dataset_parts, write_json_atomic, write_part
 
 __all__ = [
@@ -238,11 +238,7 @@ def _assign_part(
 ) -> _Counts:
     """One part assigned to the fitted k-means centroids on a Dask worker, written as part
     `index` of `out`."""
-    import faiss
-
     index, emb_part, corpus_part = part
-    # FAISS would start an OpenMP thread per core in every worker process.
-    faiss.omp_set_num_threads(worker_threads() or faiss.omp_get_max_threads())
     doc_ids, x, _ = read_embeddings(emb_part)
     featured = read_has_features(emb_part)
     nearest = NearestCentroids(centroids, config.metric)

@@ -28,7 +28,7 @@ from sklearn.cluster import kmeans_plusplus
 
 from udl.cluster._checks import Metric, check_metric, check_positive_int, check_x
 from udl.cluster.lloyd import LloydResult, lloyd
-from udl.cluster.neighbours import flat_index, on_gpu
+from udl.cluster.neighbours import faiss_threads, flat_index, on_gpu
 from udl.errors import ConfigError, NotFittedError
 
 __all__ = ["FaissKMeans", "NearestCentroids", "initial_clusters", "prepare", "to_distance"]
@@ -268,12 +268,16 @@ class NearestCentroids:
         n = len(x)
         ids, dist = np.empty(n, np.int32), np.empty(n, np.float32)
         confidence = np.empty(n, np.float32)
-        for start in range(0, n, batch_size):
-            part = slice(start, start + batch_size)
-            scores, nearest = self._index.search(prepare(x[part], self.metric), 2)
-            d = to_distance(scores, self.metric)
-            ids[part], dist[part] = nearest[:, 0], d[:, 0]
-            confidence[part] = (1.0 - d[:, 0] / np.maximum(d[:, 1], 1e-12)).clip(0.0, 1.0)
+        # One thread: BLAS rounds the scores differently with another thread count, and a
+        # document's distance must not depend on where it is assigned (the flow process or a
+        # one-thread Dask worker). The search is a small share of assigning a part.
+        with faiss_threads(1):
+            for start in range(0, n, batch_size):
+                part = slice(start, start + batch_size)
+                scores, nearest = self._index.search(prepare(x[part], self.metric), 2)
+                d = to_distance(scores, self.metric)
+                ids[part], dist[part] = nearest[:, 0], d[:, 0]
+                confidence[part] = (1.0 - d[:, 0] / np.maximum(d[:, 1], 1e-12)).clip(0.0, 1.0)
         return ids, dist, confidence
 
 

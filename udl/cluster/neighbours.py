@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Literal, Protocol
 
@@ -37,6 +38,7 @@ __all__ = [
     "CellSearcher",
     "FlatSearcher",
     "NeighbourSearcher",
+    "faiss_threads",
     "flat_index",
     "on_gpu",
     "search_copy",
@@ -92,6 +94,17 @@ def flat_index(xs: NDArray[np.float32], metric: Metric) -> faiss.Index:
     index = faiss.IndexFlatIP(xs.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(xs.shape[1])
     index.add(np.ascontiguousarray(xs, dtype=np.float32))
     return index
+
+
+@contextmanager
+def faiss_threads(n: int) -> Iterator[None]:
+    """FAISS, and the BLAS it calls, on `n` threads inside the block."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 @cache
