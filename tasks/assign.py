@@ -72,6 +72,7 @@ def assign_task(layout: RunLayout, config: PipelineConfig, key: str, source: Run
             config.cluster.metric,
             source.run_id,
             config.cluster.assign_batch_size,
+            inference_workers(config.runtime),
         )
         return {"rows": result.n_docs, "source_run": source.run_id, **asdict(result)}
 

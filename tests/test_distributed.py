@@ -21,7 +21,7 @@ from distributed import Client
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from udl import schema as S
-from udl.cluster.assign import cluster_embeddings
+from udl.cluster.assign import assign_to_centroids, cluster_embeddings
 from udl.config import (
     AttentionConfig,
     ClusterConfig,
@@ -210,6 +210,22 @@ def test_kmeans_assigns_the_same_bytes_on_workers(run: Path, tmp_path: Path) -> 
     first = cluster("first", None, None)
     assert first == cluster("first-workers", None, WORKERS)
     _same_bytes(tmp_path / "first" / "assignments", tmp_path / "first-workers" / "assignments")
+    # New documents joining the run's clusters (`udl assign`), here the run's own.
+    joined = [
+        assign_to_centroids(
+            embeddings,
+            run / "corpus",
+            tmp_path / name,
+            tmp_path / "first" / "models",
+            config.metric,
+            "first",
+            256,
+            on,
+        )
+        for name, on in (("joined", None), ("joined-workers", WORKERS))
+    ]
+    assert joined[0] == joined[1] and joined[0].n_docs == 1000
+    _same_bytes(tmp_path / "joined", tmp_path / "joined-workers")
     previous = tmp_path / "first" / "models"
     again = cluster("again", previous, None)
     assert again["alignment"]["status"] == "aligned"

@@ -143,11 +143,17 @@ def map_parts(func: Callable[..., R], items: Sequence[T], name: str, **shared: A
     handles = {key: client.scatter(value, broadcast=True) for key, value in shared.items()}
     token = uuid.uuid4().hex[:8]
     keys = [f"{name}-{token}-{index:05d}" for index in range(len(items))]
-    futures = client.map(func, items, key=keys, **handles)
+    # The shared values travel in one dict: as keywords of `Client.map` itself, a name such as
+    # `batch_size` or `workers` would set the map's own option.
+    futures = client.map(_apply, items, key=keys, task=func, shared=handles)
     try:
         return client.gather(futures)
     finally:
         client.cancel([*futures, *handles.values()])
+
+
+def _apply(item: Any, task: Callable[..., R], shared: dict[str, Any]) -> R:
+    return task(item, **shared)
 
 
 def worker_threads() -> int | None:

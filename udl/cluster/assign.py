@@ -232,39 +232,52 @@ def _assign_part(
     part: tuple[int, Path, Path],
     centroids: NDArray[np.float32],
     alignment: Alignment | None,
-    config: ClusterConfig,
+    metric: Metric,
+    batch_size: int,
     run_id: str,
     out: Path,
 ) -> _Counts:
-    """One part assigned to the fitted k-means centroids on a Dask worker, written as part
+    """One part assigned to fixed centroids (on a Dask worker, or here), written as part
     `index` of `out`."""
     index, emb_part, corpus_part = part
     doc_ids, x, _ = read_embeddings(emb_part)
+    if x.shape[1] != centroids.shape[1]:
+        raise SchemaError(
+            f"{emb_part}: vectors of dimension {x.shape[1]}, but the run's centroids "
+            f"have {centroids.shape[1]}"
+        )
     featured = read_has_features(emb_part)
-    nearest = NearestCentroids(centroids, config.metric)
-    labels = _label_part(nearest.predict(x, config.assign_batch_size), featured, alignment)
+    nearest = NearestCentroids(centroids, metric)
+    labels = _label_part(nearest.predict(x, batch_size), featured, alignment)
     write_part(_assignment_table(corpus_part, doc_ids, labels, run_id), out, index)
     return _Counts.of(labels, len(centroids))
 
 
-def _assign_on_workers(
+def _assign_to(
     centroids: NDArray[np.float32],
     parts: list[tuple[Path, Path]],
     alignment: Alignment | None,
-    config: ClusterConfig,
+    metric: Metric,
+    batch_size: int,
     run_id: str,
     out: Path,
+    workers: RuntimeConfig | None,
 ) -> list[_Counts]:
-    return map_parts(
-        _assign_part,
-        [(index, *pair) for index, pair in enumerate(parts)],
-        "assign-part",
-        centroids=centroids,
-        alignment=alignment,
-        config=config,
-        run_id=run_id,
-        out=out,
-    )
+    """Every part assigned to `centroids`: one Dask task per part on `workers` (the centroids
+    sent once), or here part after part."""
+    items = [(index, *pair) for index, pair in enumerate(parts)]
+    shared = {
+        "centroids": centroids,
+        "alignment": alignment,
+        "metric": metric,
+        "batch_size": batch_size,
+        "run_id": run_id,
+        "out": out,
+    }
+    if workers is None:
+        return [_assign_part(item, **shared) for item in items]
+    with dask_client(workers):
+        return map_parts(_assign_part, items, "assign-part", **shared)
 
 
 def cluster_embeddings(
@@ -330,8 +343,16 @@ def cluster_embeddings(
     fitted_at = time.perf_counter()
     with atomic_dir(assignments_dir) as out:
         if workers is not None and isinstance(clusterer, KMeansClusterer):
-            with dask_client(workers):
-                counts = _assign_on_workers(fitted, parts, alignment, config, run_id, out)
+            counts = _assign_to(
+                fitted,
+                parts,
+                alignment,
+                config.metric,
+                config.assign_batch_size,
+                run_id,
+                out,
+                workers,
+            )
         else:
             counts = _assign_in_process(clusterer, embeddings, parts, alignment, run_id, out)
     n_docs = sum(c.n_docs for c in counts)
@@ -387,6 +408,7 @@ def assign_to_centroids(
     metric: Metric,
     run_id: str,
     batch_size: int = 65_536,
+    workers: RuntimeConfig | None = None,
 ) -> NewAssignments:
     """Assign new documents to a finished k-means run's clusters: each joins the nearest of
     the run's ``centroids.npy`` (in the run's cluster ids), with the distance and confidence a
@@ -401,31 +423,23 @@ def assign_to_centroids(
         metric: the run's ``cluster.metric``.
         run_id: written into every row: the run whose cluster ids these are.
         batch_size: rows searched at once.
+        workers: the Dask cluster that assigns the parts (as in `cluster_embeddings`); None:
+            here.
 
     Raises:
         SchemaError: embeddings and corpus parts that do not line up, or vectors of another
             width than the centroids.
     """
     centroids = np.load(models_dir / CENTROIDS_FILE, allow_pickle=False).astype(np.float32)
-    nearest = NearestCentroids(centroids, metric)
-    n_docs = n_empty = 0
-    sizes = np.zeros(len(centroids), np.int64)
+    parts = aligned_parts(embeddings_dir, corpus_dir)
     with atomic_dir(assignments_dir) as out:
-        for i, (emb_part, corpus_part) in enumerate(aligned_parts(embeddings_dir, corpus_dir)):
-            doc_ids, x, _ = read_embeddings(emb_part)
-            if x.shape[1] != centroids.shape[1]:
-                raise SchemaError(
-                    f"{emb_part}: vectors of dimension {x.shape[1]}, but the run's centroids "
-                    f"have {centroids.shape[1]}"
-                )
-            featured = read_has_features(emb_part)
-            labels = _label_part(nearest.predict(x, batch_size), featured)
-            write_part(_assignment_table(corpus_part, doc_ids, labels, run_id), out, i)
-            n_docs += len(doc_ids)
-            n_empty += int(np.sum(~featured))
-            sizes += np.bincount(labels.ids[labels.ids >= 0], minlength=len(centroids))
+        counts = _assign_to(centroids, parts, None, metric, batch_size, run_id, out, workers)
+    sizes = np.sum([c.sizes for c in counts], axis=0)
     return NewAssignments(
-        n_docs, len(centroids), {int(c): int(n) for c, n in enumerate(sizes) if n}, n_empty
+        sum(c.n_docs for c in counts),
+        len(centroids),
+        {int(c): int(n) for c, n in enumerate(sizes) if n},
+        sum(c.statuses[S.NO_FEATURES] for c in counts),
     )
 
 
