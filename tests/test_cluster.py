@@ -615,4 +615,3 @@ def test_nearest_centroids_do_not_depend_on_the_thread_count() -> None:
         faiss.omp_set_num_threads(before)
     for a, b in zip(many, one, strict=True):
         assert a.tobytes() == b.tobytes()
-    assert faiss.omp_get_max_threads() == before

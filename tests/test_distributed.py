@@ -33,7 +33,7 @@ from udl.config import (
 )
 from udl.corpus import ingest
 from udl.datasets import ENCODER_DIR, RunLayout, decode_vectors, read_vocabulary
-from udl.describe import ClusterDescriber
+from udl.describe import ClusterDescriber, Description
 from udl.embed import embed_corpus, embed_with_checkpoint, write_embeddings_on_workers
 from udl.features import compute_features
 from udl.parallel import cluster_per_run, dask_client
@@ -277,6 +277,12 @@ def test_the_report_pass_on_workers_describes_the_same_clusters(
 
     here, there = described(None), described(WORKERS)
     assert here[0] == there[0]
+
+    def shown(description: Description) -> list[tuple[float, str]]:
+        examples = [e for c in description.clusters for e in c.examples]
+        return [(e.score, e.doc_id) for e in (*examples, *description.outliers)]
+
+    assert shown(here[0]) == shown(there[0])
     assert here[0].n_outliers_flagged > 0 and len(here[0].clusters) == 4
     assert here[1].classes == there[1].classes
     np.testing.assert_array_equal(here[1].counts, there[1].counts)

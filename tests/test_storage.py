@@ -14,6 +14,7 @@ import pytest
 from udl.storage import (
     BackgroundWriter,
     PartRows,
+    atomic_dir,
     contiguous_runs,
     dataset_parts,
     read_ahead,
@@ -93,3 +94,20 @@ def test_part_rows_slices_across_parts_and_takes_in_any_order(tmp_path: Path) ->
     assert pa.concat_tables(rows.slices(1, 4))["x"].to_pylist() == [1, 2, 3, 4]
     assert rows.take(np.array([4, 0, 1, 3]))["x"].to_pylist() == [4, 0, 1, 3]
     assert contiguous_runs(np.array([5, 6, 7, 2, 3, 9])) == [(0, 3), (3, 2), (5, 1)]
+
+
+def test_a_part_whose_writer_died_leaves_no_temporary_file_in_the_dataset(
+    tmp_path: Path,
+) -> None:
+    """A killed writer's half-written temporary part (a lost Dask worker's) is dropped when the
+    dataset is committed; the part rewritten under its own name stays."""
+    table = pa.table({"doc_id": ["a", "b"]})
+    with atomic_dir(tmp_path / "data") as out:
+        (out / ".part-00000.parquet.tmp-0123456789ab").write_bytes(b"PAR1 half")
+        write_part(table, out, 0)
+        assert {p.name for p in out.iterdir()} == {
+            ".part-00000.parquet.tmp-0123456789ab",
+            "part-00000.parquet",
+        }
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["part-00000.parquet"]
+    assert pq.read_table(tmp_path / "data").equals(table)

@@ -119,6 +119,11 @@ def _stop_words_only(token: str) -> bool:
     return all(word in ENGLISH_STOP_WORDS for word in token.split())
 
 
+def _by_score(example: Example) -> tuple[float, str]:
+    # Ties (duplicate texts) by doc id: the order must not depend on the order seen.
+    return example.score, example.doc_id
+
+
 def _push(heap: list, item: Example, limit: int) -> None:
     """Keep the `limit` smallest items (max-heap of negated scores; ties by doc id)."""
     entry = (-item.score, item.doc_id, item)
@@ -281,7 +286,7 @@ class ClusterDescriber:
             size=size,
             share=size / max(int(self._sizes.sum()) + self._n_no_features, 1),
             keywords=keywords,
-            examples=sorted(entry[2] for entry in self._nearest[cluster]),
+            examples=sorted((entry[2] for entry in self._nearest[cluster]), key=_by_score),
             mean_anomaly=float(self._anomaly[cluster + 1] / size),
         )
 
@@ -304,7 +309,7 @@ class ClusterDescriber:
             noise=self._summary(-1, []) if self._sizes[0] else None,
             outliers=[
                 Example(-e.score, e.doc_id, e.text)
-                for e in sorted(entry[2] for entry in self._outliers)
+                for e in sorted((entry[2] for entry in self._outliers), key=_by_score)
             ],
             n_outliers_flagged=self._n_flagged,
             anomaly_threshold=self.anomaly_threshold,

@@ -90,7 +90,9 @@ class EmbedResult:
     dec_converged: bool  # DEC stopped by its `tol` rule rather than its iteration cap
     train_seconds: float  # sampling, training, DEC and saving the checkpoint
     embed_seconds: float  # inference over every part, written to `embeddings/`
-    device: str | None = None  # torch device of the encoder ("cpu", "cuda:0"); None: supplied
+    device: str | None = (
+        None  # torch device ("cpu", "cuda:0"), or "dask workers (auto)"; None: supplied
+    )
     n_no_features: int = 0  # documents without features (has_features False)
     teacher: str | None = None  # two_view: the teacher model's name; None without one
     teacher_sample: int = 0  # two_view: documents the teacher embedded
@@ -160,9 +162,9 @@ def write_embeddings(
 
 
 @lru_cache(maxsize=1)
-def _checkpoint(folder: str, device: str | None, stamp: int) -> Encoder:
-    # A worker loads the checkpoint once for all its parts; `stamp` (the weights' mtime)
-    # reloads one a rerun rewrote.
+def _checkpoint(folder: str, device: str | None, stamp: tuple) -> Encoder:
+    # A worker loads the checkpoint once for all its parts; `stamp` (each file's inode, size
+    # and mtime) reloads one a rerun rewrote.
     return load_encoder(Path(folder), device)
 
 
@@ -172,10 +174,13 @@ def _embed_part(
     """Embed one aligned corpus/features part on a Dask worker into part `index` of `out`;
     returns its document count and how many have no features."""
     index, corpus_part, features_part = part
-    stamp = max(p.stat().st_mtime_ns for p in encoder_dir.iterdir())
+    files = sorted(encoder_dir.iterdir())
+    stamp = tuple((p.name, p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     encoder = _checkpoint(str(encoder_dir), device, stamp)
-    # torch would start a thread per core in every worker process: it gets the worker's share.
-    torch.set_num_threads(worker_threads() or torch.get_num_threads())
+    # torch would start a thread per core in every worker process: as many as the worker has.
+    threads = worker_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     doc_ids, docs = read_documents(corpus_part, features_part)
     vectors, scores, featured = encoder.encode(docs)
     vectors = vectors.reshape(len(doc_ids), encoder.dim)
@@ -192,9 +197,11 @@ def write_embeddings_on_workers(
 ) -> tuple[int, int]:
     """`write_embeddings` as one task per part on the active Dask client: each worker loads
     the checkpoint once (`weights_only=True`) and writes the parts it embeds itself, so only
-    two counts per part come back. The output is the same, byte for byte: an encoder's vector
-    for a document does not depend on the batch it is embedded in. A part whose worker is lost
-    is embedded again elsewhere and written under the same name.
+    two counts per part come back. A part whose worker is lost is embedded again elsewhere and
+    written under the same name. The output is the flow process's byte for byte for the
+    two-view encoder and the autoencoder, whose vectors do not depend on the batch or the
+    thread count; the attention encoder's can differ in the last bits (torch's kernels round
+    differently with another thread count).
 
     Args:
         encoder_dir: the saved encoder (`Encoder.save`), on a path every worker reads.
@@ -211,6 +218,11 @@ def write_embeddings_on_workers(
             out=out,
         )
     return sum(n for n, _ in counts), sum(empty for _, empty in counts)
+
+
+def _where(encoder: Encoder, config: EncoderConfig, workers: RuntimeConfig | None) -> str:
+    """Where the documents were embedded, for the step record."""
+    return str(encoder.device) if workers is None else f"dask workers ({config.device})"
 
 
 def _embed_all(
@@ -382,7 +394,7 @@ def embed_corpus(
         dec_converged=dec.converged if dec else False,
         train_seconds=trained - started,
         embed_seconds=time.perf_counter() - trained,
-        device=device,
+        device=_where(encoder, encoder_config, workers),
         n_no_features=n_empty,
         teacher=encoder.teacher_,
         teacher_sample=encoder.teacher_sample_,
@@ -434,6 +446,6 @@ def embed_with_checkpoint(
         dec_converged=False,
         train_seconds=loaded - started,
         embed_seconds=time.perf_counter() - loaded,
-        device=str(encoder.device),
+        device=_where(encoder, encoder_config, workers),
         n_no_features=n_empty,
     )

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import dask
-from distributed import Client, LocalCluster, default_client, get_worker
+from distributed import Client, LocalCluster, as_completed, default_client, get_worker, wait
 
 from udl.config import RuntimeConfig
 from udl.errors import ConfigError
 from udl.redact import redact
 
-__all__ = ["cluster_per_run", "compute", "dask_client", "map_parts", "worker_threads"]
+__all__ = [
+    "cluster_per_run",
+    "compute",
+    "dask_client",
+    "iter_parts",
+    "map_parts",
+    "worker_threads",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +34,7 @@ R = TypeVar("R")
 class _RunCluster:
     """The local cluster shared by the steps of one flow run (see `cluster_per_run`)."""
 
+    lock = threading.Lock()  # two steps on two threads must not start two clusters
     scoped = False
     cluster: LocalCluster | None = None
     settings: tuple[int, str] | None = None
@@ -99,10 +108,13 @@ def dask_client(runtime: RuntimeConfig) -> Iterator[Client]:
             yield client
         return
     settings = (runtime.dask_workers, runtime.dask_memory_limit)
-    if _RunCluster.scoped and _RunCluster.settings in (None, settings):
-        if _RunCluster.cluster is None:
+    with _RunCluster.lock:
+        shared = _RunCluster.scoped and _RunCluster.settings in (None, settings)
+        if shared and _RunCluster.cluster is None:
             _RunCluster.cluster, _RunCluster.settings = _local_cluster(runtime), settings
-        with _connected(_RunCluster.cluster) as client:
+        cluster = _RunCluster.cluster if shared else None
+    if cluster is not None:
+        with _connected(cluster) as client:
             yield client
         return
     with _local_cluster(runtime) as cluster, _connected(cluster) as client:
@@ -126,12 +138,21 @@ def compute(collection: Any) -> Any:
 
 def map_parts(func: Callable[..., R], items: Sequence[T], name: str, **shared: Any) -> list[R]:
     """``func(item, **shared)`` for each item, one task per item on the active Dask client
-    (`dask_client`), results in item order.
+    (`dask_client`), results in item order (see `iter_parts`)."""
+    return list(iter_parts(func, items, name, **shared))
+
+
+def iter_parts(func: Callable[..., R], items: Sequence[T], name: str, **shared: Any) -> Iterator[R]:
+    """``func(item, **shared)`` for each item, one task per item on the active Dask client
+    (`dask_client`), yielded in item order as they finish.
 
     The `shared` values (centroids, a checkpoint's path) are scattered once and reach each
-    worker once, not once per task; only the results (small records) come back. Dask runs a
-    task whose worker was lost again on another, so `func` must be idempotent: it writes its
-    own part under a fixed name (`udl.storage.write_part`), never appends.
+    worker once, not once per task; only the results (small records) come back, and each is
+    released once yielded, so the caller holds the results that finished ahead of their turn,
+    not all of them. Dask runs a task whose worker was lost again on another, so `func` must
+    be idempotent: it writes its own part under a fixed name (`udl.storage.write_part`). When
+    a task fails, the others are waited for before its error is raised, so that none still
+    writes into a folder the caller then removes.
 
     Args:
         name: the tasks' key prefix, as the Dask dashboard shows them.
@@ -146,10 +167,22 @@ def map_parts(func: Callable[..., R], items: Sequence[T], name: str, **shared: A
     # The shared values travel in one dict: as keywords of `Client.map` itself, a name such as
     # `batch_size` or `workers` would set the map's own option.
     futures = client.map(_apply, items, key=keys, task=func, shared=handles)
+    position = {future.key: index for index, future in enumerate(futures)}
+    pending = dict(zip(keys, futures, strict=True))
+    done: dict[int, R] = {}
+    following = 0
     try:
-        return client.gather(futures)
+        for future in as_completed(futures):
+            done[position[future.key]] = future.result()
+            pending.pop(future.key).release()
+            while following in done:
+                yield done.pop(following)
+                following += 1
+    except BaseException:
+        wait(futures)
+        raise
     finally:
-        client.cancel([*futures, *handles.values()])
+        client.cancel([*pending.values(), *handles.values()])
 
 
 def _apply(item: Any, task: Callable[..., R], shared: dict[str, Any]) -> R:

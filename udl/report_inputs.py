@@ -25,7 +25,7 @@ from udl.config import RuntimeConfig
 from udl.datasets import RunLayout, aligned_parts, decode_vectors, read_csr
 from udl.describe import ClusterDescriber
 from udl.evaluate import Contingency, ContingencyCounter
-from udl.parallel import dask_client, map_parts
+from udl.parallel import dask_client, iter_parts
 from udl.storage import dataset_parts, read_json, sample_rows
 
 __all__ = [
@@ -154,18 +154,19 @@ def stream_parts(
             _describe_part(paths, describer, counter, columns, legacy_width)
     else:
         with dask_client(workers):
-            summaries = map_parts(
+            # Merged as they arrive: the flow holds the summaries that finished early, not
+            # one per part (each carries keyword sums as wide as the vocabulary).
+            for part_describer, part_counter in iter_parts(
                 _described_on_worker,
                 parts,
                 "describe-part",
                 blank=describer.fresh(),
                 columns=columns,
                 legacy_width=legacy_width,
-            )
-        for part_describer, part_counter in summaries:
-            describer.merge(part_describer)
-            if counter is not None and part_counter is not None:
-                counter.merge(part_counter)
+            ):
+                describer.merge(part_describer)
+                if counter is not None and part_counter is not None:
+                    counter.merge(part_counter)
     return counter.result() if counter is not None else None
 
 

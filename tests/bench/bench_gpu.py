@@ -6,7 +6,8 @@ checkpoint embeds every part
 
 - in this process on the CPU, and on CUDA when torch sees a GPU;
 - on a local Dask cluster of one worker per visible GPU (`CUDA_VISIBLE_DEVICES` set per
-  worker, `runtime.dask_inference` as a run uses it), when there is one;
+  worker), through `write_embeddings_on_workers` as a run with `runtime.dask_inference` does,
+  when there is one;
 
 and the nearest-centroid assignment (`NearestCentroids`, k=100) runs on the CPU and, with
 FAISS GPU installed, on the GPU. Prints documents per second and how far the GPU vectors are
@@ -23,6 +24,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dask
@@ -64,9 +66,9 @@ def _vectors(folder: Path) -> np.ndarray:
     return decode_vectors(pq.read_table(folder).column(S.EMBEDDING))
 
 
-def _timed(label: str, n_docs: int, embed: object) -> dict:
+def _timed(label: str, n_docs: int, embed: Callable[[], object]) -> dict:
     started = time.perf_counter()
-    embed()  # type: ignore[operator]
+    embed()
     seconds = time.perf_counter() - started
     print(f"{label:<28} {seconds:7.1f} s  {n_docs / seconds:10,.0f} docs/s", flush=True)
     return {"seconds": seconds, "docs_per_second": n_docs / seconds}

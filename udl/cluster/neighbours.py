@@ -98,7 +98,8 @@ def flat_index(xs: NDArray[np.float32], metric: Metric) -> faiss.Index:
 
 @contextmanager
 def faiss_threads(n: int) -> Iterator[None]:
-    """FAISS, and the BLAS it calls, on `n` threads inside the block."""
+    """FAISS, and the BLAS it calls, on `n` threads inside the block. OpenMP's thread count
+    is per thread: other threads (a worker's other tasks) keep theirs."""
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(n)
     try:

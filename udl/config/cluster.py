@@ -68,8 +68,8 @@ class ClusterConfig(Frozen):
         gt=0,
         description=(
             "Most memory DBSCAN may take in the flow process, which holds every vector with "
-            "features twice (the vectors, FAISS's copy: n x dim x 8 bytes) plus one batch of "
-            "neighbourhoods; a larger run stops before loading them."
+            "features twice (the vectors, FAISS's copy: n x dim x 8 bytes, the figure "
+            "checked) plus one batch of neighbourhoods; a larger run stops before loading them."
         ),
     )
     dbscan_nprobe: int | None = Field(

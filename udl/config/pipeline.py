@@ -77,9 +77,10 @@ class RuntimeConfig(Frozen):
     dask_inference: Literal["auto", "on", "off"] = Field(
         "auto",
         description=(
-            "Embedding inference and k-means assignment as one Dask task per part (training "
-            "stays in the flow process): auto on the workers of dask_address when it is set, "
-            "on also on the local cluster, off in the flow process."
+            "Embedding inference, k-means assignment (also of udl assign) and the report's "
+            "pass over every document as one Dask task per part (training and fitting stay "
+            "in the flow process): auto on the workers of dask_address when it is set, on "
+            "also on the local cluster, off in the flow process."
         ),
     )
     task_timeout_seconds: int = Field(
@@ -87,7 +88,8 @@ class RuntimeConfig(Frozen):
     )
 
     def inference_on_dask(self) -> bool:
-        """Whether the embed and cluster steps apply their fitted models on the Dask workers."""
+        """Whether the per-part work of the embed, cluster and report steps (see
+        `dask_inference`) runs on the Dask workers."""
         return self.dask_inference == "on" or (
             self.dask_inference == "auto" and self.dask_address is not None
         )
