@@ -586,7 +586,8 @@ def test_clusterers_label_the_corpus_part_by_part_as_one_whole(
 def test_nearest_centroids_on_the_gpu_match_the_cpu() -> None:
     """With faiss-gpu, assignment searches on the GPU: the same nearest centroids (where the
     two nearest are not within rounding of each other) and distances to float32 rounding."""
-    faiss = pytest.importorskip("faiss")
+    import faiss
+
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
         pytest.fail("FAISS GPU is not installed or sees no GPU: pip install faiss-gpu")
     x, _ = _blobs(n=20_000, centers=50, dim=64, seed=3)

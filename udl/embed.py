@@ -90,9 +90,7 @@ class EmbedResult:
     dec_converged: bool  # DEC stopped by its `tol` rule rather than its iteration cap
     train_seconds: float  # sampling, training, DEC and saving the checkpoint
     embed_seconds: float  # inference over every part, written to `embeddings/`
-    device: str | None = (
-        None  # torch device ("cpu", "cuda:0"), or "dask workers (auto)"; None: supplied
-    )
+    device: str | None = None  # "cpu", "cuda:0" or "dask workers (auto)"; None: supplied
     n_no_features: int = 0  # documents without features (has_features False)
     teacher: str | None = None  # two_view: the teacher model's name; None without one
     teacher_sample: int = 0  # two_view: documents the teacher embedded
