@@ -4,10 +4,13 @@ contingency table equals the in-memory one; cluster changes between runs on hand
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from sklearn import metrics as skm
 from sklearn.datasets import make_blobs
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 from udl.compare import compare_runs, match_clusters
@@ -17,6 +20,7 @@ from udl.evaluate import (
     contingency_scores,
     internal_scores,
     label_metrics,
+    silhouette_values,
 )
 
 SKLEARN_LABEL_SCORES = {
@@ -84,6 +88,24 @@ def test_streamed_contingency_equals_in_memory_6() -> None:
     assert contingency_scores(table.counts) == pytest.approx(
         label_metrics(labels[known].astype(str), clusters[known])
     )
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_silhouette_values_equal_sklearn_on_real_text(metric: str, sample_frame) -> None:
+    """The cosine silhouette from cluster sums is scikit-learn's pairwise one, point by point,
+    on WordNet glosses in their 1,000 labels' clusters, with a document alone in its cluster
+    and a zero vector (distance 1 to everything) among them."""
+    x = TfidfVectorizer(min_df=2).fit_transform(sample_frame["text"])
+    x = TruncatedSVD(32, random_state=0).fit_transform(x).astype(np.float32)
+    labels = pd.factorize(sample_frame["label"])[0]
+    labels[0] = labels.max() + 1
+    x[1] = 0.0
+    distance = "cosine" if metric == "cosine" else "euclidean"
+    expected = skm.silhouette_samples(x, labels, metric=distance)
+    got = silhouette_values(x, labels, metric)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert got[0] == 0.0
+    assert len(np.unique(labels)) > 10 and got.mean() != pytest.approx(0.0, abs=1e-3)
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])

@@ -1,7 +1,8 @@
 """Clustering quality: internal scores on a sample, label scores on every document.
 
-Internal scores (silhouette, Calinski-Harabasz, Davies-Bouldin) are O(n^2) or need all points
-in memory, so they run on a seeded sample; noise points (cluster -1) are left out of them.
+Internal scores (silhouette, Calinski-Harabasz, Davies-Bouldin) need all points in memory, so
+they run on a seeded sample; noise points (cluster -1) are left out of them. The silhouette is
+O(n^2) in general but O(n * k) under the cosine distance (`silhouette_values`).
 Label scores are functions of the class x cluster contingency table alone, which
 `ContingencyCounter` accumulates part by part, so they use every labelled document with memory
 bounded by the number of classes x clusters. Noise counts as one more cluster there, so a run
@@ -32,6 +33,7 @@ __all__ = [
     "contingency_scores",
     "internal_scores",
     "label_metrics",
+    "silhouette_values",
 ]
 
 # Memory (MiB) sklearn may use per chunk of pairwise distances for the silhouette; its default
@@ -161,6 +163,45 @@ def cluster_accuracy(labels_true: NDArray, labels_pred: NDArray) -> float:
     return label_metrics(labels_true, labels_pred)["acc"]
 
 
+def silhouette_values(
+    x: NDArray[np.floating], labels: NDArray[np.integer], metric: str
+) -> NDArray[np.float64]:
+    """Silhouette of each point, as `sklearn.metrics.silhouette_samples` under the cosine
+    (``metric == "cosine"``) or euclidean distance.
+
+    Under the cosine distance the mean distance from a point u to a cluster C is
+    ``1 - u . sum(C) / |C|`` on unit vectors, so the exact silhouette comes from the k cluster
+    sums in O(n * k * dim) rather than from n^2 pairwise distances: 20,000 points in 100
+    clusters take milliseconds instead of seconds. The euclidean distance has no such sum and
+    goes to scikit-learn in bounded chunks.
+
+    Args:
+        x: array of shape (n, dim).
+        labels: int array of shape (n,); every point in a cluster (no noise).
+        metric: ``"cosine"`` or ``"l2"``.
+    """
+    if metric != "cosine":
+        with config_context(working_memory=SILHOUETTE_WORKING_MEMORY):
+            return skm.silhouette_samples(x, labels, metric="euclidean")
+    ids, members = np.unique(labels, return_inverse=True)
+    units = normalize(np.asarray(x, np.float64))  # a zero vector stays 0: distance 1 to all
+    sums = np.zeros((len(ids), units.shape[1]))
+    np.add.at(sums, members, units)
+    sizes = np.bincount(members, minlength=len(ids)).astype(np.float64)
+    totals = sizes - units @ sums.T  # (n, k): summed distances from each point to each cluster
+    rows = np.arange(len(units))
+    own = sizes[members]
+    # The point itself is in its own cluster's sum; its distance to itself counts as 0.
+    self_distance = 1.0 - np.einsum("ij,ij->i", units, units)
+    inside = (totals[rows, members] - self_distance) / np.maximum(own - 1, 1)
+    means = totals / sizes
+    means[rows, members] = np.inf
+    nearest = means.min(axis=1)
+    values = (nearest - inside) / np.maximum(inside, nearest)
+    # A point alone in its cluster scores 0 (Rousseeuw's convention, as scikit-learn).
+    return np.where(own > 1, np.nan_to_num(values), 0.0)
+
+
 @dataclass(frozen=True)
 class InternalScores:
     """Internal scores of a sample, and the per-point silhouettes behind the mean.
@@ -229,10 +270,7 @@ def internal_scores(
     if n_labels < 2 or n_labels >= len(labels):
         reason = _undefined_reason(len(keep), len(labels), n_labels)
         return InternalScores(None, None, None, labels, np.zeros(len(labels)), reason)
-    with config_context(working_memory=SILHOUETTE_WORKING_MEMORY):
-        silhouettes = skm.silhouette_samples(
-            x, labels, metric="cosine" if metric == "cosine" else "euclidean"
-        )
+    silhouettes = silhouette_values(x, labels, metric)
     space = normalize(x) if metric == "cosine" else x
     return InternalScores(
         silhouette=float(silhouettes.mean()),

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.metrics import silhouette_score
 
 from udl.cluster._checks import Metric
 from udl.cluster.dbscan import DBSCANResult, dbscan
 from udl.cluster.health import DOMINANT_SHARE, dominant_threshold
 from udl.cluster.selection import k_distances, knee_index
+from udl.evaluate import silhouette_values
 
 __all__ = ["EPS_QUANTILES", "EPS_RULE", "EpsCandidate", "EpsSelection", "choose_eps"]
 
@@ -111,8 +111,7 @@ def _score(
     n_labels = len(np.unique(picked[clustered]))
     if not 2 <= n_labels < clustered.sum():
         return None, None
-    sk_metric = "cosine" if metric == "cosine" else "euclidean"
-    sil = float(silhouette_score(x[sample][clustered], picked[clustered], metric=sk_metric))
+    sil = float(silhouette_values(x[sample][clustered], picked[clustered], metric).mean())
     return sil, sil * float(clustered.mean())
 
 

@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import rankdata
-from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
 from sklearn.preprocessing import normalize
 
 from udl.cluster._checks import Metric, check_metric, check_positive_int, check_x
 from udl.cluster.kmeans import FaissKMeans
 from udl.cluster.neighbours import flat_index, search_copy
 from udl.errors import ConfigError
+from udl.evaluate import silhouette_values
 
 __all__ = [
     "KNEE_RULE",
@@ -119,10 +120,9 @@ def _scores(
     labels = model.fit(arr).predict(arr)[0]
     if not 2 <= len(np.unique(labels)) < len(arr):
         return -1.0, 0.0, float("inf")
-    sk_metric = "cosine" if metric == "cosine" else "euclidean"
     space = normalize(arr) if metric == "cosine" else arr
     return (
-        float(silhouette_score(arr, labels, metric=sk_metric)),
+        float(silhouette_values(arr, labels, metric).mean()),
         float(calinski_harabasz_score(space, labels)),
         float(davies_bouldin_score(space, labels)),
     )
