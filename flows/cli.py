@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from flows.runtime import (
@@ -427,10 +428,17 @@ def _serve(args: argparse.Namespace, config: PipelineConfig) -> None:
         )
 
 
-def _dispatch(args: argparse.Namespace, config: PipelineConfig) -> None:
-    from flows import pipeline  # imports Prefect only once the arguments are valid
+def _import_flows() -> ModuleType:
+    """The flows' module: Prefect, torch and the steps, imported only once the arguments are
+    valid (a wrong option fails at once)."""
+    from flows import pipeline
 
-    with interruptible(), short_udl_errors(), prefect_api():
+    return pipeline
+
+
+def _dispatch(args: argparse.Namespace, config: PipelineConfig) -> None:
+    with interruptible(), short_udl_errors(), prefect_api(while_starting=_import_flows):
+        pipeline = _import_flows()
         if args.command == "run":
             run_dir = Path(pipeline.clustering_pipeline(config))
         elif args.command == "ingest":

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -220,11 +220,16 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def prefect_api(full: bool = False) -> Iterator[str | None]:
+def prefect_api(
+    full: bool = False, while_starting: Callable[[], object] | None = None
+) -> Iterator[str | None]:
     """The Prefect API for the block: `PREFECT_API_URL` if set, else a temporary server.
 
     Args:
         full: start a full server (UI and scheduler, for `udl serve`) rather than the API alone.
+        while_starting: called once before the block, while a temporary server starts: the
+            server and this process each spend seconds importing (Prefect, torch), in
+            parallel rather than one after the other.
 
     Yields:
         The temporary server's UI address, or None when `PREFECT_API_URL` is used.
@@ -240,12 +245,16 @@ def prefect_api(full: bool = False) -> Iterator[str | None]:
     )
 
     if PREFECT_API_URL.value():
+        if while_starting is not None:
+            while_starting()
         yield None
         return
     port = _free_port()
     address = f"http://127.0.0.1:{port}"
     process = _server_process(port, full)
     try:
+        if while_starting is not None:
+            while_starting()
         _wait_healthy(
             process, f"{address}/api", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
         )
