@@ -13,6 +13,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks._common import STEP_OPTIONS, inference_workers, run_step
+from udl.changes import record_hashes
 from udl.cluster.assign import cluster_embeddings
 from udl.config import PipelineConfig
 from udl.corpus import ingest
@@ -39,11 +40,13 @@ MAX_TABLE_ROWS = 100
 
 @task(name="ingest", **STEP_OPTIONS)
 def ingest_task(layout: RunLayout, config: PipelineConfig, key: str) -> dict:
-    """Read the corpus into `corpus/` and `rejects/`, one chunk of files per Dask task."""
+    """Read the corpus into `corpus/` and `rejects/`, one chunk of files per Dask task, and
+    hash its texts for the next run (`udl.changes.record_hashes`)."""
 
     def compute() -> dict:
         with dask_client(config.runtime):
             result = ingest(config.input, layout.corpus, layout.rejects)
+            record_hashes(layout, key)
         record = asdict(result)
         record["per_source"] = {k: asdict(v) for k, v in result.per_source.items()}
         return {"rows": result.rows_ingested, **record}

@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from udl import schema as S
 from udl.datasets import RunLayout
+from udl.parallel import map_parts
 from udl.storage import dataset_parts, read_json
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "document_moves",
     "find_changes",
     "read_changes",
+    "record_hashes",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,7 @@ def _saved_hashes(layout: RunLayout, n_docs: int) -> NDArray[np.uint64] | None:
 
 def _corpus_ids_and_hashes(
     layout: RunLayout, reuse_saved: bool
-) -> tuple[NDArray[np.object_], NDArray[np.uint64]]:
+) -> tuple[pa.Array, NDArray[np.uint64]]:
     """Doc ids and content hashes of a run's corpus; with `reuse_saved`, the hashes the run
     saved (`save_hashes`) when they are still its corpus's."""
     parts = dataset_parts(layout.corpus)
@@ -83,10 +86,10 @@ def _corpus_ids_and_hashes(
     ids, hashes = [], []
     for part in parts:
         table = pq.read_table(part, columns=columns)
-        ids.append(table.column(S.DOC_ID).to_numpy(zero_copy_only=False))
+        ids.append(table.column(S.DOC_ID))
         if saved is None:
             hashes.append(content_hashes(table.column(S.TEXT)))
-    doc_ids = np.concatenate(ids) if ids else np.empty(0, object)
+    doc_ids = pa.chunked_array(ids, pa.string()).combine_chunks()
     if saved is not None:
         return doc_ids, saved
     return doc_ids, np.concatenate(hashes) if hashes else np.empty((0, 2), np.uint64)
@@ -98,13 +101,25 @@ def _hashes_of(layout: RunLayout, n_docs: int) -> NDArray[np.uint64]:
     return saved if saved is not None else _corpus_ids_and_hashes(layout, reuse_saved=False)[1]
 
 
-def _save_hashes(layout: RunLayout, hashes: NDArray[np.uint64]) -> None:
+def _save_hashes(layout: RunLayout, hashes: NDArray[np.uint64], ingest_key: str) -> None:
     """Keep a run's content hashes, with the ingest they describe, for the run after it."""
     path = layout.run_dir / CONTENT_FILE
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
     with open(tmp, "wb") as handle:
-        np.savez(handle, hashes=hashes, ingest_key=np.array(_ingest_key(layout)))
+        np.savez(handle, hashes=hashes, ingest_key=np.array(ingest_key))
     os.replace(tmp, path)
+
+
+def _part_hashes(part: Path) -> NDArray[np.uint64]:
+    return content_hashes(pq.read_table(part, columns=[S.TEXT]).column(S.TEXT))
+
+
+def record_hashes(layout: RunLayout, ingest_key: str) -> None:
+    """Hash the texts of `layout`'s freshly ingested corpus (ingest `ingest_key`), one task per
+    part on the active Dask client, and save them: the next run compares its corpus with
+    them, and this run's own incremental steps read them instead of every text again."""
+    hashes = map_parts(_part_hashes, dataset_parts(layout.corpus), "hash-part")
+    _save_hashes(layout, np.concatenate(hashes), ingest_key)
 
 
 def _save_array(array: NDArray[Any], path: Path) -> None:
@@ -161,20 +176,20 @@ def find_changes(layout: RunLayout, previous: RunLayout, by_id: bool = True) -> 
             False for ids derived from file name, row and text, which change with any of them:
             then documents are matched by text, and none counts as changed.
     """
-    ids, hashes = _corpus_ids_and_hashes(layout, reuse_saved=False)
+    ids, hashes = _corpus_ids_and_hashes(layout, reuse_saved=True)
     old_ids, old_hashes = _corpus_ids_and_hashes(previous, reuse_saved=True)
-    _save_hashes(layout, hashes)
+    _save_hashes(layout, hashes, _ingest_key(layout))
 
     # Reuse by text: the first earlier row with both hashes equal.
-    found = _first_rows(old_hashes[:, 0]).reindex(hashes[:, 0]).to_numpy()
-    hit = ~np.isnan(found)
+    found = _first_positions(hashes[:, 0], old_hashes[:, 0])
+    hit = found >= 0
     sources = np.full(len(hashes), -1, np.int64)
-    candidates = found[hit].astype(np.int64)
+    candidates = found[hit]
     agree = old_hashes[candidates, 1] == hashes[hit, 1]
     sources[np.flatnonzero(hit)[agree]] = candidates[agree]
 
     if by_id:
-        at = pd.Index(old_ids).get_indexer(ids)
+        at = _first_positions(ids, old_ids)
         known = at >= 0
         same = np.zeros(len(ids), np.bool_)
         same[known] = np.all(old_hashes[at[known]] == hashes[known], axis=1)
@@ -208,10 +223,12 @@ def read_changes(layout: RunLayout) -> NDArray[np.int64]:
     return np.load(layout.run_dir / DELTA_DIR / SOURCES_FILE, allow_pickle=False)
 
 
-def _first_rows(keys: NDArray[Any]) -> pd.Series:
-    """Row of the first occurrence of each key."""
-    rows = pd.Series(np.arange(len(keys)), index=keys)
-    return rows[~rows.index.duplicated(keep="first")]
+def _first_positions(
+    keys: pa.Array | NDArray[np.uint64], known: pa.Array | NDArray[np.uint64]
+) -> NDArray[np.int64]:
+    """Per key, the position of its first occurrence in `known`, or -1 (an Arrow hash
+    lookup: a million string ids take a fraction of a second, without Python objects)."""
+    return pc.index_in(keys, value_set=pa.array(known)).fill_null(-1).to_numpy().astype(np.int64)
 
 
 def document_moves(
@@ -227,9 +244,9 @@ def document_moves(
     by id, or by text for derived ids (`by_id` False; see `find_changes`). Meaningful when
     both runs share cluster ids (the same embedding space, ids aligned)."""
 
-    def clusters(run: RunLayout) -> tuple[NDArray[np.object_], NDArray[np.int32]]:
+    def clusters(run: RunLayout) -> tuple[pa.Array, NDArray[np.int32]]:
         table = pq.read_table(run.assignments, columns=[S.DOC_ID, S.CLUSTER_ID])
-        ids = table.column(S.DOC_ID).to_numpy(zero_copy_only=False)
+        ids = table.column(S.DOC_ID).combine_chunks()
         return ids, table.column(S.CLUSTER_ID).to_numpy()
 
     ids, now = clusters(layout)
@@ -238,8 +255,7 @@ def document_moves(
     hashes = _hashes_of(layout, len(ids))
     old_hashes = _hashes_of(previous, len(old_ids))
     keys, old_keys = (ids, old_ids) if by_id else (hashes[:, 0], old_hashes[:, 0])
-    found = _first_rows(old_keys).reindex(keys).to_numpy()
-    at = np.where(np.isnan(found), -1, found).astype(np.int64)
+    at = _first_positions(keys, old_keys)
     both = np.flatnonzero(at >= 0)
     moved = both[now[both] != before[at[both]]]
     edited = np.any(hashes[moved] != old_hashes[at[moved]], axis=1)
@@ -251,7 +267,7 @@ def document_moves(
     }
     examples = {
         why: [
-            {"doc_id": str(ids[i]), "was": int(before[at[i]]), "now": int(now[i])}
+            {"doc_id": ids[int(i)].as_py(), "was": int(before[at[i]]), "now": int(now[i])}
             for i in moved[mask][:limit]
         ]
         for why, mask in reasons.items()
