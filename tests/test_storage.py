@@ -46,8 +46,9 @@ def test_read_ahead_raises_the_failed_read_at_its_item() -> None:
         next(values)
 
 
-def test_background_writer_writes_every_part(tmp_path: Path) -> None:
-    with BackgroundWriter() as writer:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_background_writer_writes_every_part(tmp_path: Path, threads: int) -> None:
+    with BackgroundWriter(threads) as writer:
         for index in range(3):
             writer.write(pa.table({"x": [index] * (index + 1)}), tmp_path, index)
     parts = dataset_parts(tmp_path)
@@ -62,6 +63,10 @@ def test_background_writer_surfaces_a_failed_write(tmp_path: Path) -> None:
         writer.write(pa.table({"x": [1]}), missing, 0)
         with pytest.raises(OSError):
             writer.write(pa.table({"x": [2]}), tmp_path, 1)
+    # With two threads the failed write is still pending at the second; the block's end waits.
+    with pytest.raises(OSError), BackgroundWriter(2) as writer:
+        writer.write(pa.table({"x": [1]}), missing, 0)
+        writer.write(pa.table({"x": [2]}), tmp_path, 1)
 
 
 def test_float_vectors_are_stored_plain_and_every_other_column_zstd(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ Which texts are known comes from `udl.changes`.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -41,6 +42,9 @@ __all__ = [
     "plan_delta",
     "write_delta_corpus",
 ]
+
+# Parts encoded at once by a merge: the cores it may use, and at most this many parts in memory.
+MERGE_WRITERS = min(os.cpu_count() or 1, 4)
 
 
 def write_delta_corpus(corpus_dir: Path, sources: NDArray[np.int64], out_dir: Path) -> None:
@@ -86,8 +90,9 @@ def merge_rows(
     numbers = np.where(fresh, first_computed + np.cumsum(fresh) - 1, sources)
     offset = 0
     id_field = schema.field(S.DOC_ID)
-    # Writing part k (Parquet encoding releases the GIL) overlaps reading for part k + 1.
-    with atomic_dir(out_dir) as out, BackgroundWriter() as writer:
+    # The merge only moves rows, so encoding Parquet bounds it: parts are encoded on
+    # MERGE_WRITERS threads (Parquet releases the GIL) while the next part is read.
+    with atomic_dir(out_dir) as out, BackgroundWriter(MERGE_WRITERS) as writer:
         for index, corpus_part in enumerate(dataset_parts(corpus_dir)):
             doc_ids = pq.read_table(corpus_part, columns=[S.DOC_ID]).column(S.DOC_ID)
             part = numbers[offset : offset + len(doc_ids)]

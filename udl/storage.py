@@ -12,6 +12,7 @@ import os
 import shutil
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -165,14 +166,17 @@ def write_table_atomic(table: pa.Table, path: Path) -> None:
 
 
 class BackgroundWriter:
-    """`write_part` on one background thread: Parquet encoding and zstd release the GIL, so
-    writing part k overlaps computing part k + 1. Each `write` first waits for the previous
-    one (surfacing its error), so at most one part waits in memory. Leaving the `with` block
-    normally waits for the last write."""
+    """`write_part` on background threads: Parquet encoding and zstd release the GIL, so
+    writing part k overlaps computing part k + 1. With `threads` > 1, that many parts are
+    encoded at once (a step that only moves rows, such as an incremental run's merge, is
+    bound by encoding). Each `write` first waits while `threads` writes are pending
+    (surfacing the oldest one's error), so at most `threads` parts wait in memory. Leaving
+    the `with` block normally waits for every write."""
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="udl-part-writer")
-        self._writing: Future[Path] | None = None
+    def __init__(self, threads: int = 1) -> None:
+        self._threads = threads
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="udl-part-writer")
+        self._writing: deque[Future[Path]] = deque()
 
     def __enter__(self) -> Self:
         return self
@@ -185,13 +189,13 @@ class BackgroundWriter:
             self._pool.shutdown(wait=True)
 
     def write(self, table: pa.Table, folder: Path, index: int) -> None:
-        self.wait()
-        self._writing = self._pool.submit(write_part, table, folder, index)
+        while len(self._writing) >= self._threads:
+            self._writing.popleft().result()
+        self._writing.append(self._pool.submit(write_part, table, folder, index))
 
     def wait(self) -> None:
-        if self._writing is not None:
-            writing, self._writing = self._writing, None
-            writing.result()
+        while self._writing:
+            self._writing.popleft().result()
 
 
 def read_ahead(read: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
