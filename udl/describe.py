@@ -109,9 +109,15 @@ def class_tfidf(sums: sp.csr_matrix) -> sp.csr_matrix:
 def _top_keywords(row: sp.csr_matrix, vocabulary: dict[int, str], n: int) -> list[str]:
     keep = row.data > 0
     indices, data = row.indices[keep], row.data[keep]
-    order = np.argsort(-data, kind="stable")
-    names = [vocabulary.get(int(indices[i])) for i in order]
-    return [name for name in names if name and not _stop_words_only(name)][:n]
+    keywords: list[str] = []
+    # Words in order of score until n are found: a large cluster has 10^5 scored features.
+    for i in np.argsort(-data, kind="stable"):
+        name = vocabulary.get(int(indices[i]))
+        if name and not _stop_words_only(name):
+            keywords.append(name)
+            if len(keywords) == n:
+                break
+    return keywords
 
 
 def _stop_words_only(token: str) -> bool:
