@@ -50,12 +50,13 @@ def reuse_features_task(
                     previous.models,
                     config.preprocess,
                 ).n_empty_docs
-        merge_features(layout, previous)
+        linked = merge_features(layout, previous)
         return {
             "rows": len(changes.sources),
             "reused_from": previous.run_id,
             "changes": changes.record(),
             "n_empty_docs_computed": empty,
+            "parts_linked": linked,
         }
 
     return run_step(layout, "preprocess", key, compute)
@@ -79,7 +80,7 @@ def reuse_embeddings_task(
                 config.encoder,
                 inference_workers(config.runtime),
             )
-        computed = merge_embeddings(layout, previous)
+        computed, linked = merge_embeddings(layout, previous)
         featured = computed.column(S.HAS_FEATURES).to_numpy(zero_copy_only=False)
         drift = measure_drift(
             decode_vectors(computed.column(S.EMBEDDING))[featured],
@@ -92,6 +93,7 @@ def reuse_embeddings_task(
             "rows": len(sources),
             "reused_from": previous.run_id,
             "computed": computed.num_rows,
+            "parts_linked": linked,
             "space": space_of(previous),
             "device": result.device if result else None,
             "embed_seconds": result.embed_seconds if result else 0.0,

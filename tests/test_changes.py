@@ -14,7 +14,7 @@ import yaml
 from flows.cli import build_parser, config_from_args
 from flows.summary import update_line
 from udl import schema as S
-from udl.changes import content_hashes, find_changes, read_changes
+from udl.changes import content_hashes, find_changes, read_changes, record_hashes
 from udl.datasets import RunLayout
 from udl.incremental import merge_rows
 from udl.storage import write_part
@@ -98,6 +98,44 @@ def test_merge_puts_reused_and_computed_rows_in_corpus_order_under_corpus_ids(
     merge_rows(layout.corpus, shuffled, old, computed, tmp_path / "mixed", schema)
     mixed = [pq.read_table(p) for p in sorted((tmp_path / "mixed").glob("part-*.parquet"))]
     assert [p["x"].to_pylist() for p in mixed] == [[2, 10, 3], [20, 1]]
+
+
+def test_ingest_hashes_are_the_corpus_texts_hashes_in_order(tmp_path: Path) -> None:
+    layout = RunLayout(tmp_path, "now")
+    _corpus(layout, [[("a", "t1"), ("b", "t2")], [], [("c", "t1")]])
+    record_hashes(layout, "ingest-key")
+    with np.load(layout.run_dir / "content.npz") as saved:
+        np.testing.assert_array_equal(saved["hashes"], content_hashes(pa.array(["t1", "t2", "t1"])))
+        assert str(saved["ingest_key"]) == "ingest-key"
+
+
+def test_merge_links_a_whole_unchanged_part_and_writes_the_others(tmp_path: Path) -> None:
+    """A night that appended a file: the parts of the unchanged files are the previous run's
+    files (hard links, the bytes a rewrite would give); a part with one reused row moved, or
+    one text under another id, is written."""
+    old = tmp_path / "old"
+    old.mkdir()
+    write_part(pa.table({"doc_id": ["a", "b"], "x": [1, 2]}), old, 0)
+    write_part(pa.table({"doc_id": ["c", "d"], "x": [3, 4]}), old, 1)
+    write_part(pa.table({"doc_id": ["e", "f"], "x": [5, 6]}), old, 2)
+    layout = RunLayout(tmp_path, "now")
+    corpus = [[("a", "t1"), ("b", "t2")], [("c", "t3"), ("n", "t")], [("e", "t5"), ("g", "t6")]]
+    _corpus(layout, [*corpus, [("h", "t7")]])
+    sources = np.array([0, 1, 2, -1, 4, 5, -1])
+    computed = pa.table({"doc_id": ["n", "h"], "x": [10, 20]})
+    schema = pq.read_schema(old / "part-00000.parquet")
+    new = tmp_path / "new"
+    assert merge_rows(layout.corpus, sources, old, computed, new, schema) == 1
+    parts = sorted(new.glob("part-*.parquet"))
+    assert [pq.read_table(p)["x"].to_pylist() for p in parts] == [[1, 2], [3, 10], [5, 6], [20]]
+    assert [pq.read_table(p)["doc_id"].to_pylist() for p in parts][2] == ["e", "g"]
+    inodes = [p.stat().st_ino for p in parts]
+    assert inodes[0] == (old / "part-00000.parquet").stat().st_ino
+    assert (old / "part-00002.parquet").stat().st_ino not in inodes  # "f" is now "g"
+    rewritten = write_part(pq.read_table(parts[0]), tmp_path, 9)
+    assert rewritten.read_bytes() == parts[0].read_bytes()
+    # The previous run's part is untouched by anything written into the new dataset.
+    assert pq.read_table(old / "part-00000.parquet")["x"].to_pylist() == [1, 2]
 
 
 def test_serve_refreshes_unless_the_config_says_otherwise(tmp_path: Path) -> None:

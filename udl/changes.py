@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask.bag as db
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -25,7 +26,7 @@ from numpy.typing import NDArray
 
 from udl import schema as S
 from udl.datasets import RunLayout
-from udl.parallel import map_parts
+from udl.parallel import compute
 from udl.storage import dataset_parts, read_json
 
 __all__ = [
@@ -116,10 +117,11 @@ def _part_hashes(part: Path) -> NDArray[np.uint64]:
 
 def record_hashes(layout: RunLayout, ingest_key: str) -> None:
     """Hash the texts of `layout`'s freshly ingested corpus (ingest `ingest_key`), one task per
-    part on the active Dask client, and save them: the next run compares its corpus with
-    them, and this run's own incremental steps read them instead of every text again."""
-    hashes = map_parts(_part_hashes, dataset_parts(layout.corpus), "hash-part")
-    _save_hashes(layout, np.concatenate(hashes), ingest_key)
+    part on the active Dask client (in this process without one), and save them: the next
+    run compares its corpus with them, and this run's own incremental steps read them
+    instead of every text again."""
+    parts = db.from_sequence(dataset_parts(layout.corpus), partition_size=1)
+    _save_hashes(layout, np.concatenate(compute(parts.map(_part_hashes))), ingest_key)
 
 
 def _save_array(array: NDArray[Any], path: Path) -> None:

@@ -31,6 +31,7 @@ from udl.storage import (
     atomic_dir,
     contiguous_runs,
     dataset_parts,
+    link_part,
     write_part,
 )
 
@@ -68,10 +69,17 @@ def merge_rows(
     computed: pa.Table,
     out_dir: Path,
     schema: pa.Schema,
-) -> None:
+) -> int:
     """Write a dataset part-aligned with `corpus_dir`: each row from the `previous` dataset
     (``sources >= 0``) or, in order, from `computed` (``sources < 0``), under the corpus's
     doc id (a reused text may have had another id, or have been a duplicate's).
+
+    A part made of one whole previous part, in order and under the same ids (a corpus that
+    grew by new files), would be rewritten byte for byte: it is linked instead
+    (`udl.storage.link_part`), and a night that only appends costs what it appends.
+
+    Returns:
+        The number of parts linked.
 
     Raises:
         ValueError: `computed` does not hold exactly the rows to compute.
@@ -88,7 +96,7 @@ def merge_rows(
     first_computed = int(rows.starts[-1]) + 1
     fresh = sources < 0
     numbers = np.where(fresh, first_computed + np.cumsum(fresh) - 1, sources)
-    offset = 0
+    offset = linked = 0
     id_field = schema.field(S.DOC_ID)
     # The merge only moves rows, so encoding Parquet bounds it: parts are encoded on
     # MERGE_WRITERS threads (Parquet releases the GIL) while the next part is read.
@@ -97,6 +105,11 @@ def merge_rows(
             doc_ids = pq.read_table(corpus_part, columns=[S.DOC_ID]).column(S.DOC_ID)
             part = numbers[offset : offset + len(doc_ids)]
             offset += len(doc_ids)
+            same = _same_part(part, rows, doc_ids, schema)
+            if same is not None:
+                link_part(same, out, index)
+                linked += 1
+                continue
             pieces = []
             for first, length in contiguous_runs(part):
                 start = int(part[first])
@@ -109,6 +122,27 @@ def merge_rows(
             )
             merged = merged.set_column(merged.schema.get_field_index(S.DOC_ID), id_field, doc_ids)
             writer.write(merged.replace_schema_metadata(schema.metadata), out, index)
+    return linked
+
+
+def _same_part(
+    numbers: NDArray[np.int64], rows: PartRows, doc_ids: pa.ChunkedArray, schema: pa.Schema
+) -> Path | None:
+    """The previous part that holds exactly the rows `numbers`, in order, under `doc_ids` and
+    with `schema`, if there is one: the part a merge would write again."""
+    if not len(numbers) or np.any(np.diff(numbers) != 1):
+        return None
+    index = int(np.searchsorted(rows.starts, numbers[0], side="right")) - 1
+    if index >= len(rows.parts) or rows.starts[index] != numbers[0]:
+        return None
+    if rows.starts[index + 1] != numbers[-1] + 1:
+        return None
+    path = rows.parts[index]
+    if not pq.read_schema(path).equals(schema, check_metadata=True):
+        return None
+    return (
+        path if pq.read_table(path, columns=[S.DOC_ID]).column(S.DOC_ID).equals(doc_ids) else None
+    )
 
 
 def _computed(folder: Path, schema: pa.Schema, count: int) -> pa.Table:
@@ -128,26 +162,33 @@ def plan_delta(layout: RunLayout, previous: RunLayout, by_id: bool) -> Changes:
     return changes
 
 
-def merge_features(layout: RunLayout, previous: RunLayout) -> None:
+def merge_features(layout: RunLayout, previous: RunLayout) -> int:
     """``features/`` of `layout`: `previous`'s rows for every text it had, ``delta/features``
-    for the others; `previous`'s IDF and vocabulary copied into `layout`'s models."""
+    for the others; `previous`'s IDF and vocabulary copied into `layout`'s models. Returns
+    the number of parts linked from `previous` (see `merge_rows`)."""
     sources = read_changes(layout)
     schema = pq.read_schema(dataset_parts(previous.features)[0])
     computed = _computed(delta_path(layout, "features"), schema, int(np.sum(sources < 0)))
-    merge_rows(layout.corpus, sources, previous.features, computed, layout.features, schema)
+    linked = merge_rows(
+        layout.corpus, sources, previous.features, computed, layout.features, schema
+    )
     copy_models(previous.models, layout.models, (TFIDF_FILE, VOCABULARY_FILE))
+    return linked
 
 
-def merge_embeddings(layout: RunLayout, previous: RunLayout) -> pa.Table:
+def merge_embeddings(layout: RunLayout, previous: RunLayout) -> tuple[pa.Table, int]:
     """``embeddings/`` of `layout`: `previous`'s rows for every text it had,
     ``delta/embeddings`` (its encoder applied by the caller) for the others; the encoder
-    copied into `layout`'s models. Returns the computed rows (for the drift check)."""
+    copied into `layout`'s models. Returns the computed rows (for the drift check) and the
+    number of parts linked from `previous` (see `merge_rows`)."""
     sources = read_changes(layout)
     schema = pq.read_schema(dataset_parts(previous.embeddings)[0])
     computed = _computed(delta_path(layout, "embeddings"), schema, int(np.sum(sources < 0)))
-    merge_rows(layout.corpus, sources, previous.embeddings, computed, layout.embeddings, schema)
+    linked = merge_rows(
+        layout.corpus, sources, previous.embeddings, computed, layout.embeddings, schema
+    )
     copy_models(previous.models, layout.models, (ENCODER_DIR,))
-    return computed
+    return computed, linked
 
 
 def copy_models(source: Path, target: Path, names: tuple[str, ...]) -> None:

@@ -33,6 +33,8 @@ __all__ = [
     "atomic_dir",
     "contiguous_runs",
     "dataset_parts",
+    "link_part",
+    "part_path",
     "read_ahead",
     "read_json",
     "sample_rows",
@@ -115,12 +117,17 @@ def _is_vector(kind: pa.DataType) -> bool:
     return pa.types.is_fixed_size_list(kind) and pa.types.is_floating(kind.value_type)
 
 
+def part_path(folder: Path, index: int) -> Path:
+    """Part `index` of the dataset in `folder`."""
+    return folder / f"part-{index:05d}.parquet"
+
+
 def write_part(table: pa.Table, folder: Path, index: int) -> Path:
     """Write one zstd Parquet part `part-{index:05d}.parquet` into `folder`.
 
     The same table always gives the same bytes (no timestamps or random ids in the file).
     """
-    path = folder / f"part-{index:05d}.parquet"
+    path = part_path(folder, index)
     # Through a temporary name: a Dask worker lost mid-write leaves no truncated part behind
     # for the task's rerun on another worker to race with.
     tmp = folder / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
@@ -148,6 +155,23 @@ def write_part(table: pa.Table, folder: Path, index: int) -> Path:
     }
     try:
         pq.write_table(table, tmp, **options)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def link_part(source: Path, folder: Path, index: int) -> Path:
+    """Make the part file `source` part `index` of `folder` without rewriting it: a hard link
+    (no udl step writes a part in place, so two runs may share one), or a copy where the file
+    system cannot link. Through a temporary name, as `write_part`."""
+    path = part_path(folder, index)
+    tmp = folder / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

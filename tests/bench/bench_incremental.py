@@ -7,9 +7,10 @@ between, as if the refresh night had not happened).
 
     .venv/bin/python tests/bench/bench_incremental.py                 # 1M
     .venv/bin/python tests/bench/bench_incremental.py --size 100000
+    .venv/bin/python tests/bench/bench_incremental.py --changed 0     # a night that only appends
 
 Prints each run's wall time, step seconds and peak, and the incremental/full ratios; writes
-`.bench/incremental.json`.
+`.bench/incremental.json` (`.bench/incremental-changed<share>.json` with another --changed).
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ RESULT = REPO / ".bench" / "incremental.json"
 NEW_SHARE, CHANGED_SHARE = 0.01, 0.005
 
 
-def _next_night(size: int, folder: Path, seed: int = 11) -> Path:
-    """The corpus of `folder` with CHANGED_SHARE of texts replaced and NEW_SHARE appended."""
-    night = WORKDIR / "input" / f"{size}-night2"
+def _next_night(size: int, folder: Path, changed_share: float, seed: int = 11) -> Path:
+    """The corpus of `folder` with `changed_share` of texts replaced (anywhere) and NEW_SHARE
+    appended as a file of their own."""
+    night = WORKDIR / "input" / f"{size}-night2-changed{changed_share:g}"
     shutil.rmtree(night, ignore_errors=True)
     night.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    n_changed, n_new = int(size * CHANGED_SHARE), int(size * NEW_SHARE)
+    n_changed, n_new = int(size * changed_share), int(size * NEW_SHARE)
     changed = set(rng.choice(size, n_changed, replace=False).tolist())
     fresh = pq.read_table(_new_documents(n_changed + n_new, night))["text"].to_pylist()
     offset = 0
@@ -73,9 +75,12 @@ def _line(name: str, run: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=1_000_000)
+    parser.add_argument(
+        "--changed", type=float, default=CHANGED_SHARE, help="share of texts changed in place"
+    )
     args = parser.parse_args()
     folder = build_input(args.size)
-    night = _next_night(args.size, folder)
+    night = _next_night(args.size, folder, args.changed)
     output = WORKDIR / "out" / f"{args.size}-incremental"
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
@@ -88,8 +93,13 @@ def main() -> None:
         config = {**base, "input": {**base["input"], "path": str(night)}}
         config["update"] = {"policy": policy}
         runs[policy] = run_pipeline(night, output, config, f"{args.size}-{policy}")
+        steps = output / "runs" / runs[policy]["run_id"] / "steps"
+        runs[policy]["parts_linked"] = {
+            step: json.loads((steps / f"{step}.json").read_text())["parts_linked"]
+            for step in ("preprocess", "embed")
+        }
     full = runs["full"]
-    print(f"{args.size:,} documents; next night {NEW_SHARE:.1%} new, {CHANGED_SHARE:.1%} changed")
+    print(f"{args.size:,} documents; next night {NEW_SHARE:.1%} new, {args.changed:.1%} changed")
     for name, run in runs.items():
         print(_line(name, run))
         if name != "full":
@@ -97,13 +107,20 @@ def main() -> None:
             ratio = run["wall_seconds"] / full["wall_seconds"]
             steps = sum(run["step_seconds"].values()) / sum(full["step_seconds"].values())
             embed = run["step_seconds"]["embed"] / full["step_seconds"]["embed"]
+            linked = run["parts_linked"]
             print(
-                f"{'':>10}{update['changes']} clusters {update['clusters']}; "
+                f"{'':>10}{update['changes']} clusters {update['clusters']}; parts linked "
+                f"{linked}; "
                 f"wall {ratio:.3f}x full, steps {steps:.3f}x, embed step {embed:.3f}x"
             )
-    RESULT.parent.mkdir(exist_ok=True)
-    RESULT.write_text(json.dumps({"size": args.size, "runs": runs}, indent=2))
-    print(f"wrote {RESULT.relative_to(REPO)}")
+    result = RESULT
+    if args.changed != CHANGED_SHARE:
+        result = RESULT.with_name(f"incremental-changed{args.changed:g}.json")
+    result.parent.mkdir(exist_ok=True)
+    result.write_text(
+        json.dumps({"size": args.size, "changed": args.changed, "runs": runs}, indent=2)
+    )
+    print(f"wrote {result.relative_to(REPO)}")
 
 
 if __name__ == "__main__":
