@@ -220,3 +220,38 @@ def test_changed_settings_run_in_full(nights: dict[str, Path]) -> None:
     update = read_json(run_dir / "update.json")
     assert update["policy"] == "full" and "preprocess settings differ" in update["reason"]
     assert read_json(run_dir / "manifest.json")["steps"]["embed"]["n_train"] > 0
+
+
+def test_a_night_that_adds_a_file_links_the_parts_of_the_others(
+    prefect_harness: None, small_corpus: Path, sample_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    """Parts of 250 documents: the second night's input folder holds the first night's file
+    and a new one, so its first four corpus parts are the first night's, and so are its
+    features and embeddings parts (the same files, hard-linked); only the new file's
+    documents are computed and written."""
+    from flows.pipeline import clustering_pipeline
+    from udl.storage import dataset_parts
+
+    first = pd.read_parquet(small_corpus)
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    first.to_parquet(inputs / "a.parquet", index=False)
+
+    def night(run_id: str, **update: object) -> Path:
+        config = _config(inputs, output, run_id, **update)
+        return Path(clustering_pipeline(config.with_overrides({"input.partition_rows": 250})))
+
+    night1 = night("night1")
+    new = sample_frame[~sample_frame["text"].isin(first["text"])].head(20).copy()
+    new["doc_id"] = [f"new-{i}" for i in range(len(new))]
+    new.to_parquet(inputs / "b.parquet", index=False)
+    night2 = night("night2", policy="frozen")
+
+    assert read_json(night2 / "update.json")["changes"]["computed"] == 20
+    for step, dataset in (("preprocess", "features"), ("embed", "embeddings")):
+        assert read_json(night2 / "steps" / f"{step}.json")["parts_linked"] == 4
+        before, after = dataset_parts(night1 / dataset), dataset_parts(night2 / dataset)
+        assert [p.stat().st_ino for p in after[:4]] == [p.stat().st_ino for p in before]
+        assert len(after) == 5 and pq.read_table(after[4]).num_rows == 20
+    ids = pq.read_table(night2 / "assignments", columns=[S.DOC_ID]).column(S.DOC_ID)
+    assert ids.to_pylist() == [*first["doc_id"], *new["doc_id"]]
