@@ -3,6 +3,7 @@ and reusable, and the merge of reused and computed rows; the `--update` option."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from udl import schema as S
 from udl.changes import content_hashes, find_changes, read_changes, record_hashes
 from udl.datasets import RunLayout
 from udl.incremental import merge_rows
-from udl.storage import write_part
+from udl.storage import link_part, write_part
 
 
 def _corpus(layout: RunLayout, parts: list[list[tuple[str, str]]]) -> None:
@@ -98,6 +99,32 @@ def test_merge_puts_reused_and_computed_rows_in_corpus_order_under_corpus_ids(
     merge_rows(layout.corpus, shuffled, old, computed, tmp_path / "mixed", schema)
     mixed = [pq.read_table(p) for p in sorted((tmp_path / "mixed").glob("part-*.parquet"))]
     assert [p["x"].to_pylist() for p in mixed] == [[2, 10, 3], [20, 1]]
+
+
+def test_an_unchanged_document_reuses_its_own_row_even_when_its_text_repeats(
+    tmp_path: Path,
+) -> None:
+    before, now = RunLayout(tmp_path, "before"), RunLayout(tmp_path, "now")
+    rows = [[("a", "t1"), ("b", "t2")], [("c", "t1"), ("d", "t3")]]
+    _corpus(before, rows)
+    _corpus(now, [*rows, [("n", "t4")]])
+    np.testing.assert_array_equal(find_changes(now, before).sources, [0, 1, 2, 3, -1])
+
+
+def test_link_part_copies_where_the_file_system_cannot_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write_part(pa.table({"x": [1, 2]}), tmp_path, 0)
+    (tmp_path / "out").mkdir()
+
+    def refuse(*args: object) -> None:
+        raise OSError("Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", refuse)
+    copied = link_part(source, tmp_path / "out", 3)
+    assert copied.name == "part-00003.parquet" and copied.read_bytes() == source.read_bytes()
+    assert copied.stat().st_ino != source.stat().st_ino
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["part-00003.parquet"]
 
 
 def test_ingest_hashes_are_the_corpus_texts_hashes_in_order(tmp_path: Path) -> None:

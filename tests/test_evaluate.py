@@ -13,6 +13,7 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
+import udl.evaluate
 from udl.compare import compare_runs, match_clusters
 from udl.evaluate import (
     ContingencyCounter,
@@ -90,19 +91,22 @@ def test_streamed_contingency_equals_in_memory_6() -> None:
     )
 
 
-@pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_silhouette_values_equal_sklearn_on_real_text(metric: str, sample_frame) -> None:
+@pytest.mark.parametrize("working_mib", [64, 0])
+def test_cosine_silhouette_values_equal_sklearn_on_real_text(
+    working_mib: int, sample_frame, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The cosine silhouette from cluster sums is scikit-learn's pairwise one, point by point,
     on WordNet glosses in their 1,000 labels' clusters, with a document alone in its cluster
-    and a zero vector (distance 1 to everything) among them."""
+    and a zero vector (distance 1 to everything) among them; in one block of rows, and one
+    row at a time (no working memory)."""
+    monkeypatch.setattr(udl.evaluate, "SILHOUETTE_WORKING_MEMORY", working_mib)
     x = TfidfVectorizer(min_df=2).fit_transform(sample_frame["text"])
     x = TruncatedSVD(32, random_state=0).fit_transform(x).astype(np.float32)
     labels = pd.factorize(sample_frame["label"])[0]
     labels[0] = labels.max() + 1
     x[1] = 0.0
-    distance = "cosine" if metric == "cosine" else "euclidean"
-    expected = skm.silhouette_samples(x, labels, metric=distance)
-    got = silhouette_values(x, labels, metric)
+    expected = skm.silhouette_samples(x, labels, metric="cosine")
+    got = silhouette_values(x, labels, "cosine")
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert got[0] == 0.0
     assert len(np.unique(labels)) > 10 and got.mean() != pytest.approx(0.0, abs=1e-3)

@@ -77,9 +77,9 @@ def _saved_hashes(layout: RunLayout, n_docs: int) -> NDArray[np.uint64] | None:
 
 def _corpus_ids_and_hashes(
     layout: RunLayout, reuse_saved: bool
-) -> tuple[pa.Array, NDArray[np.uint64]]:
-    """Doc ids and content hashes of a run's corpus; with `reuse_saved`, the hashes the run
-    saved (`save_hashes`) when they are still its corpus's."""
+) -> tuple[pa.Array, NDArray[np.uint64], bool]:
+    """Doc ids and content hashes of a run's corpus, and whether the hashes are the ones the
+    run saved (`_save_hashes`; with `reuse_saved`, when they are still its corpus's)."""
     parts = dataset_parts(layout.corpus)
     n_docs = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
     saved = _saved_hashes(layout, n_docs) if reuse_saved else None
@@ -92,8 +92,8 @@ def _corpus_ids_and_hashes(
             hashes.append(content_hashes(table.column(S.TEXT)))
     doc_ids = pa.chunked_array(ids, pa.string()).combine_chunks()
     if saved is not None:
-        return doc_ids, saved
-    return doc_ids, np.concatenate(hashes) if hashes else np.empty((0, 2), np.uint64)
+        return doc_ids, saved, True
+    return doc_ids, np.concatenate(hashes) if hashes else np.empty((0, 2), np.uint64), False
 
 
 def _hashes_of(layout: RunLayout, n_docs: int) -> NDArray[np.uint64]:
@@ -178,9 +178,10 @@ def find_changes(layout: RunLayout, previous: RunLayout, by_id: bool = True) -> 
             False for ids derived from file name, row and text, which change with any of them:
             then documents are matched by text, and none counts as changed.
     """
-    ids, hashes = _corpus_ids_and_hashes(layout, reuse_saved=True)
-    old_ids, old_hashes = _corpus_ids_and_hashes(previous, reuse_saved=True)
-    _save_hashes(layout, hashes, _ingest_key(layout))
+    ids, hashes, saved = _corpus_ids_and_hashes(layout, reuse_saved=True)
+    old_ids, old_hashes, _ = _corpus_ids_and_hashes(previous, reuse_saved=True)
+    if not saved:  # a corpus ingested before ingest saved its hashes
+        _save_hashes(layout, hashes, _ingest_key(layout))
 
     # Reuse by text: the first earlier row with both hashes equal.
     found = _first_positions(hashes[:, 0], old_hashes[:, 0])
@@ -195,6 +196,9 @@ def find_changes(layout: RunLayout, previous: RunLayout, by_id: bool = True) -> 
         known = at >= 0
         same = np.zeros(len(ids), np.bool_)
         same[known] = np.all(old_hashes[at[known]] == hashes[known], axis=1)
+        # An unchanged document reuses its own row rather than the first with its text (the
+        # same bytes), so that unchanged parts stay whole previous parts (`merge_rows` links).
+        sources[same] = at[same]
         n_deleted = len(old_ids) - int(np.sum(known))
     else:
         known = same = sources >= 0

@@ -110,6 +110,8 @@ def _top_keywords(row: sp.csr_matrix, vocabulary: dict[int, str], n: int) -> lis
     keep = row.data > 0
     indices, data = row.indices[keep], row.data[keep]
     keywords: list[str] = []
+    if n <= 0:
+        return keywords
     # Words in order of score until n are found: a large cluster has 10^5 scored features.
     for i in np.argsort(-data, kind="stable"):
         name = vocabulary.get(int(indices[i]))

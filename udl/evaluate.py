@@ -2,7 +2,7 @@
 
 Internal scores (silhouette, Calinski-Harabasz, Davies-Bouldin) need all points in memory, so
 they run on a seeded sample; noise points (cluster -1) are left out of them. The silhouette is
-O(n^2) in general but O(n * k) under the cosine distance (`silhouette_values`).
+O(n^2 * dim) in general but O(n * k * dim) under the cosine distance (`silhouette_values`).
 Label scores are functions of the class x cluster contingency table alone, which
 `ContingencyCounter` accumulates part by part, so they use every labelled document with memory
 bounded by the number of classes x clusters. Noise counts as one more cluster there, so a run
@@ -188,17 +188,25 @@ def silhouette_values(
     sums = np.zeros((len(ids), units.shape[1]))
     np.add.at(sums, members, units)
     sizes = np.bincount(members, minlength=len(ids)).astype(np.float64)
-    totals = sizes - units @ sums.T  # (n, k): summed distances from each point to each cluster
-    rows = np.arange(len(units))
     own = sizes[members]
-    # The point itself is in its own cluster's sum; its distance to itself counts as 0.
-    self_distance = 1.0 - np.einsum("ij,ij->i", units, units)
-    inside = (totals[rows, members] - self_distance) / np.maximum(own - 1, 1)
-    means = totals / sizes
-    means[rows, members] = np.inf
-    nearest = means.min(axis=1)
-    values = (nearest - inside) / np.maximum(inside, nearest)
-    # A point alone in its cluster scores 0 (Rousseeuw's convention, as scikit-learn).
+    inside, nearest = np.empty(len(units)), np.empty(len(units))
+    # Rows in blocks whose (rows, k) distance sums fit SILHOUETTE_WORKING_MEMORY.
+    block = max(1, SILHOUETTE_WORKING_MEMORY * 2**20 // (8 * 3 * len(ids)))
+    for start in range(0, len(units), block):
+        part = slice(start, start + block)
+        u, m = units[part], members[part]
+        rows = np.arange(len(u))
+        totals = sizes - u @ sums.T  # summed distances from each point to each cluster
+        # The point itself is in its own cluster's sum; its distance to itself counts as 0.
+        self_distance = 1.0 - np.einsum("ij,ij->i", u, u)
+        inside[part] = (totals[rows, m] - self_distance) / np.maximum(own[part] - 1, 1)
+        means = totals / sizes
+        means[rows, m] = np.inf
+        nearest[part] = means.min(axis=1)
+    # Sums of distances round to tiny negatives where scikit-learn clips each distance at 0.
+    inside, nearest = np.maximum(inside, 0.0), np.maximum(nearest, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = (nearest - inside) / np.maximum(inside, nearest)
     return np.where(own > 1, np.nan_to_num(values), 0.0)
 
 

@@ -44,8 +44,11 @@ __all__ = [
     "write_delta_corpus",
 ]
 
-# Parts encoded at once by a merge: the cores it may use, and at most this many parts in memory.
-MERGE_WRITERS = min(os.cpu_count() or 1, 4)
+# Parts encoded at once by a merge, one per usable core up to 4. Each part waiting to be written
+# keeps alive the previous parts its rows are slices of (one or two each).
+MERGE_WRITERS = min(
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 4
+)
 
 
 def write_delta_corpus(corpus_dir: Path, sources: NDArray[np.int64], out_dir: Path) -> None:
@@ -74,9 +77,10 @@ def merge_rows(
     (``sources >= 0``) or, in order, from `computed` (``sources < 0``), under the corpus's
     doc id (a reused text may have had another id, or have been a duplicate's).
 
-    A part made of one whole previous part, in order and under the same ids (a corpus that
-    grew by new files), would be rewritten byte for byte: it is linked instead
-    (`udl.storage.link_part`), and a night that only appends costs what it appends.
+    A part made of one whole previous part, in order and under the same ids and schema (a
+    corpus that grew by new files) would be written again with the same rows: the previous
+    file is linked instead (`udl.storage.link_part`), so a night that only appends costs what
+    it appends.
 
     Returns:
         The number of parts linked.

@@ -194,7 +194,8 @@ class BackgroundWriter:
     writing part k overlaps computing part k + 1. With `threads` > 1, that many parts are
     encoded at once (a step that only moves rows, such as an incremental run's merge, is
     bound by encoding). Each `write` first waits while `threads` writes are pending
-    (surfacing the oldest one's error), so at most `threads` parts wait in memory. Leaving
+    (surfacing the oldest one's error), so at most `threads` tables wait in memory (with
+    whatever buffers they are slices of). Leaving
     the `with` block normally waits for every write."""
 
     def __init__(self, threads: int = 1) -> None:

@@ -95,7 +95,7 @@ def main() -> None:
         runs[policy] = run_pipeline(night, output, config, f"{args.size}-{policy}")
         steps = output / "runs" / runs[policy]["run_id"] / "steps"
         runs[policy]["parts_linked"] = {
-            step: json.loads((steps / f"{step}.json").read_text())["parts_linked"]
+            step: json.loads((steps / f"{step}.json").read_text()).get("parts_linked")
             for step in ("preprocess", "embed")
         }
     full = runs["full"]
