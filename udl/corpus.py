@@ -44,7 +44,7 @@ from udl.errors import ConfigError, InputDataError
 from udl.parallel import compute
 from udl.readers import read_source
 from udl.sources import Source, resolve_sources
-from udl.storage import PartWriter, atomic_dir, dataset_parts, write_part
+from udl.storage import PartWriter, atomic_dir, dataset_parts, part_path, write_part
 from udl.validation import Validator
 from udl.vectors import first_valid_length
 
@@ -213,7 +213,7 @@ def _commit(chunks: list[_Chunk], kind: str, out: Path, schema: pa.Schema) -> No
     for chunk in chunks:
         for part in dataset_parts(chunk.folder / kind):
             if pq.ParquetFile(part).metadata.num_rows:
-                os.replace(part, out / f"part-{count:05d}.parquet")
+                os.replace(part, part_path(out, count))
                 count += 1
     if not count:  # an empty dataset still has its schema on disk
         write_part(schema.empty_table(), out, 0)
