@@ -36,6 +36,7 @@ __all__ = [
     "delta_path",
     "document_moves",
     "find_changes",
+    "has_changes",
     "read_changes",
     "record_hashes",
 ]
@@ -224,9 +225,19 @@ def delta_path(layout: RunLayout, name: str) -> Path:
     return layout.run_dir / DELTA_DIR / name
 
 
-def read_changes(layout: RunLayout) -> NDArray[np.int64]:
-    """The reuse plan `find_changes` saved (per document, the previous run's row or -1)."""
-    return np.load(layout.run_dir / DELTA_DIR / SOURCES_FILE, allow_pickle=False)
+def read_changes(layout: RunLayout, mapped: bool = False) -> NDArray[np.int64]:
+    """The reuse plan `find_changes` saved (per document, the previous run's row or -1);
+    `mapped`: memory-mapped, for a reader that looks up a few rows."""
+    return np.load(
+        layout.run_dir / DELTA_DIR / SOURCES_FILE,
+        allow_pickle=False,
+        mmap_mode="r" if mapped else None,
+    )
+
+
+def has_changes(layout: RunLayout) -> bool:
+    """Whether `layout` is an incremental run with a saved reuse plan."""
+    return (layout.run_dir / DELTA_DIR / SOURCES_FILE).is_file()
 
 
 def _first_positions(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 from numpy.typing import NDArray
@@ -38,6 +39,7 @@ __all__ = [
     "NEIGHBOURS_INDEX_FILE",
     "NEIGHBOUR_IDS_FILE",
     "REPORT_FILE",
+    "REPORT_SAMPLE_FILE",
     "TFIDF_FILE",
     "VOCABULARY_FILE",
     "Embeddings",
@@ -49,6 +51,7 @@ __all__ = [
     "feature_width",
     "features_table",
     "mark_latest",
+    "no_features_mask",
     "read_csr",
     "read_embeddings",
     "read_feature_width",
@@ -79,6 +82,7 @@ WIDTH_KEY = b"udl.n_features"
 # report/
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "index.html"
+REPORT_SAMPLE_FILE = "sample.parquet"  # the sampled rows' vectors, for the next run's report
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,10 @@ class RunLayout:
         return self.report / REPORT_FILE
 
     @property
+    def report_sample(self) -> Path:
+        return self.report / REPORT_SAMPLE_FILE
+
+    @property
     def cache(self) -> Path:
         """Prefect's persisted step results (the cache records), named by step key."""
         return self.run_dir / "cache"
@@ -216,6 +224,19 @@ def decode_vectors(column: pa.Array | pa.ChunkedArray) -> NDArray[np.float32]:
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     values = array.flatten().to_numpy(zero_copy_only=False)
     return values.reshape(len(array), array.type.list_size).astype(np.float32, copy=False)
+
+
+def no_features_mask(table: pa.Table) -> NDArray[np.bool_] | None:
+    """Which rows of an assignments table have status no_features.
+
+    None for runs older than the status column: every one of their documents was embedded and
+    clustered, so their status follows from the cluster id (-1 is noise).
+    """
+    if S.STATUS not in table.column_names:
+        return None
+    return pc.fill_null(pc.equal(table.column(S.STATUS), S.NO_FEATURES), False).to_numpy(
+        zero_copy_only=False
+    )
 
 
 def embeddings_table(

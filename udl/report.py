@@ -1,7 +1,7 @@
 """The run report: ``report/metrics.json`` and one self-contained ``report/index.html``.
 
 Memory does not grow with the corpus: one seeded sample (``report.metrics_sample`` documents)
-feeds the internal scores, the map, the silhouette plot and the anomaly threshold; everything
+(`udl.report_sample`) feeds the internal scores, the map, the silhouette plot and the anomaly threshold; everything
 else (sizes, keywords, representatives, outliers, label scores, rejects by reason) comes from
 one streamed pass over the run's parts (`udl.report_inputs`). Documents without features
 (status ``no_features``) are counted and shown apart, never as representatives or outliers.
@@ -39,14 +39,13 @@ from udl.figures import (
 from udl.lineage import space_of
 from udl.report_html import HEADLINE, Figure, changes_sentence, render_html
 from udl.report_inputs import (
-    Sample,
     read_alignment,
     read_centroids,
-    read_sample,
     read_similar,
     rejects_by_reason,
     stream_parts,
 )
+from udl.report_sample import Sample, read_sample
 from udl.storage import read_json, write_json_atomic
 
 __all__ = ["ReportResult", "build_report"]
@@ -227,7 +226,13 @@ def build_report(
     """
     started = time.perf_counter()
     report, metric = config.report, steps["cluster"]["metric"]
-    sample = read_sample(layout, report.metrics_sample, config.runtime.seed)
+    reused_from = steps.get("embed", {}).get("reused_from")
+    sample = read_sample(
+        layout,
+        report.metrics_sample,
+        config.runtime.seed,
+        RunLayout(layout.output_dir, reused_from) if reused_from else None,
+    )
     scores = internal_scores(sample.x, sample.clusters, metric)
     threshold = _anomaly_threshold(sample.anomaly, report.outlier_fraction)
     # Runs written before the width was recorded with the features have it in their config.

@@ -1,7 +1,7 @@
 """What the report reads from a run folder, part by part, never the whole corpus.
 
-A seeded sample of embeddings (`read_sample`), one streamed pass over the aligned parts
-(`stream_parts`), rejected rows by reason (`rejects_by_reason`) and the clustering step's
+One streamed pass over the aligned parts (`stream_parts`; the sample of embeddings is
+`udl.report_sample`), rejected rows by reason (`rejects_by_reason`) and the clustering step's
 cluster-id alignment (`read_alignment`). Documents whose status is ``no_features`` (contract
 with the clustering step) are kept out of everything computed from vectors.
 """
@@ -10,30 +10,26 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from udl import schema as S
 from udl.config import RuntimeConfig
-from udl.datasets import RunLayout, aligned_parts, decode_vectors, read_csr
+from udl.datasets import RunLayout, aligned_parts, no_features_mask, read_csr
 from udl.describe import ClusterDescriber
 from udl.evaluate import Contingency, ContingencyCounter
 from udl.parallel import dask_client, iter_parts
-from udl.storage import dataset_parts, read_json, sample_rows
+from udl.storage import dataset_parts, read_json
 
 __all__ = [
     "NO_FEATURES_REASON",
-    "Sample",
     "read_alignment",
     "read_centroids",
-    "read_sample",
     "rejects_by_reason",
     "stream_parts",
 ]
@@ -47,49 +43,9 @@ NO_FEATURES_REASON = (
 )
 
 
-@dataclass(frozen=True)
-class Sample:
-    """A seeded sample of documents: embeddings (n, dim), their cluster ids and anomaly scores."""
-
-    x: NDArray[np.float32]
-    clusters: NDArray[np.int64]
-    anomaly: NDArray[np.float32]
-
-
-def _no_features(table: pa.Table) -> NDArray[np.bool_] | None:
-    """Which rows of an assignments table have status no_features.
-
-    None for runs older than the status column: every one of their documents was embedded and
-    clustered, so their status follows from the cluster id (-1 is noise).
-    """
-    if S.STATUS not in table.column_names:
-        return None
-    return pc.fill_null(pc.equal(table.column(S.STATUS), S.NO_FEATURES), False).to_numpy(
-        zero_copy_only=False
-    )
-
-
 def _assignment_columns(part: Path, wanted: list[str]) -> list[str]:
     names = pq.read_schema(part).names
     return wanted + [name for name in (S.STATUS, S.LABEL) if name in names]
-
-
-def read_sample(layout: RunLayout, size: int, seed: int) -> Sample:
-    """Reads only the sampled rows' embedding, anomaly and cluster columns, part by part;
-    documents without features are left out (their vectors mean nothing)."""
-    emb_parts, assign_parts = dataset_parts(layout.embeddings), dataset_parts(layout.assignments)
-    xs, clusters, anomaly = [], [], []
-    for i, rows in sample_rows(emb_parts, size, seed):
-        assign = pq.read_table(
-            assign_parts[i], columns=_assignment_columns(assign_parts[i], [S.CLUSTER_ID])
-        ).take(rows)
-        no_features = _no_features(assign)
-        keep = np.ones(len(rows), bool) if no_features is None else ~no_features
-        emb = pq.read_table(emb_parts[i], columns=[S.EMBEDDING, S.ANOMALY]).take(rows[keep])
-        xs.append(decode_vectors(emb.column(S.EMBEDDING)))
-        anomaly.append(emb.column(S.ANOMALY).to_numpy())
-        clusters.append(assign.column(S.CLUSTER_ID).to_numpy()[keep].astype(np.int64))
-    return Sample(np.concatenate(xs), np.concatenate(clusters), np.concatenate(anomaly))
 
 
 def _describe_part(
@@ -111,7 +67,7 @@ def _describe_part(
         distance=assign.column(S.DISTANCE).to_numpy(),
         anomaly=pq.read_table(emb_part, columns=[S.ANOMALY]).column(S.ANOMALY).to_numpy(),
         tfidf=read_csr(pq.read_table(features_part, columns=[S.INDICES, S.VALUES]), legacy_width),
-        no_features=_no_features(assign),
+        no_features=no_features_mask(assign),
     )
     if counter is not None:
         counter.update(assign.column(S.LABEL), clusters)

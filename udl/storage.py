@@ -344,10 +344,13 @@ class PartRows:
     first asked for it, the part after it meanwhile on a background thread, and keeping the
     last two: consecutive documents of an incremental run mostly come from the same few parts
     of the previous run, in order. With `keep_all`, every part read stays in memory (rows
-    asked for in an order unrelated to the parts')."""
+    asked for in an order unrelated to the parts'). `columns`: the columns read (all when None)."""
 
-    def __init__(self, folder: Path, keep_all: bool = False) -> None:
+    def __init__(
+        self, folder: Path, keep_all: bool = False, columns: list[str] | None = None
+    ) -> None:
         self.parts = dataset_parts(folder)
+        self.columns = columns
         self.keep = len(self.parts) if keep_all else 2
         counts = [pq.ParquetFile(p).metadata.num_rows for p in self.parts]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -363,11 +366,14 @@ class PartRows:
             if self._ahead is not None and self._ahead[0] == index:
                 self._cache[index] = self._ahead[1].result()
             else:
-                self._cache[index] = pq.read_table(self.parts[index])
+                self._cache[index] = self._read(index)
             following = index + 1
             if following < len(self.parts) and following not in self._cache:
-                self._ahead = (following, self._pool.submit(pq.read_table, self.parts[following]))
+                self._ahead = (following, self._pool.submit(self._read, following))
         return self._cache[index]
+
+    def _read(self, index: int) -> pa.Table:
+        return pq.read_table(self.parts[index], columns=self.columns)
 
     def slices(self, start: int, length: int) -> list[pa.Table]:
         """Rows ``start .. start + length`` as zero-copy slices of the parts they lie in."""
