@@ -122,15 +122,8 @@ def part_path(folder: Path, index: int) -> Path:
     return folder / f"part-{index:05d}.parquet"
 
 
-def write_part(table: pa.Table, folder: Path, index: int) -> Path:
-    """Write one zstd Parquet part `part-{index:05d}.parquet` into `folder`.
-
-    The same table always gives the same bytes (no timestamps or random ids in the file).
-    """
-    path = part_path(folder, index)
-    # Through a temporary name: a Dask worker lost mid-write leaves no truncated part behind
-    # for the task's rerun on another worker to race with.
-    tmp = folder / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+def _write_options(table: pa.Table) -> dict[str, Any]:
+    """Parquet options for `table`: zstd, plain vectors, dictionaries only where they pay."""
     # Dictionary pages pay off on repetitive strings (source, label, metadata). On ids, texts
     # and number lists Parquet tries them, overflows and falls back, at ~10x the write time.
     dictionary = [
@@ -144,15 +137,25 @@ def write_part(table: pa.Table, folder: Path, index: int) -> Path:
         _leaf_path(f): "none" if _is_vector(f.type) else PARQUET_OPTIONS["compression"]
         for f in table.schema
     }
-    rows = table.num_rows
-    by_bytes = rows * ROW_GROUP_BYTES // max(table.nbytes, 1)
-    group_rows = max(1, min(by_bytes, PARQUET_OPTIONS["row_group_size"]))
-    options = {
+    by_bytes = table.num_rows * ROW_GROUP_BYTES // max(table.nbytes, 1)
+    return {
         **PARQUET_OPTIONS,
-        "row_group_size": group_rows,
+        "row_group_size": max(1, min(by_bytes, PARQUET_OPTIONS["row_group_size"])),
         "use_dictionary": dictionary,
         "compression": compression,
     }
+
+
+def write_part(table: pa.Table, folder: Path, index: int) -> Path:
+    """Write one zstd Parquet part `part-{index:05d}.parquet` into `folder`.
+
+    The same table always gives the same bytes (no timestamps or random ids in the file).
+    """
+    path = part_path(folder, index)
+    # Through a temporary name: a Dask worker lost mid-write leaves no truncated part behind
+    # for the task's rerun on another worker to race with.
+    tmp = folder / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+    options = _write_options(table)
     try:
         pq.write_table(table, tmp, **options)
         os.replace(tmp, path)
@@ -179,11 +182,11 @@ def link_part(source: Path, folder: Path, index: int) -> Path:
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write one small Parquet file (a fitted model table) through a temporary name."""
+    """Write one Parquet file (a fitted model table, a sample) through a temporary name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
     try:
-        pq.write_table(table, tmp, **PARQUET_OPTIONS)
+        pq.write_table(table, tmp, **_write_options(table))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
