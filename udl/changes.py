@@ -77,21 +77,25 @@ def _saved_hashes(layout: RunLayout, n_docs: int) -> NDArray[np.uint64] | None:
 
 
 def _corpus_ids_and_hashes(
-    layout: RunLayout, reuse_saved: bool
-) -> tuple[pa.Array, NDArray[np.uint64], bool]:
-    """Doc ids and content hashes of a run's corpus, and whether the hashes are the ones the
-    run saved (`_save_hashes`; with `reuse_saved`, when they are still its corpus's)."""
+    layout: RunLayout, reuse_saved: bool, with_ids: bool = True
+) -> tuple[pa.ChunkedArray | None, NDArray[np.uint64], bool]:
+    """Doc ids (with `with_ids`, else None) and content hashes of a run's corpus, and whether
+    the hashes are the ones the run saved (`_save_hashes`; with `reuse_saved`, when they are
+    still its corpus's)."""
     parts = dataset_parts(layout.corpus)
     n_docs = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
     saved = _saved_hashes(layout, n_docs) if reuse_saved else None
-    columns = [S.DOC_ID] if saved is not None else [S.DOC_ID, S.TEXT]
+    columns = ([S.DOC_ID] if with_ids else []) + ([S.TEXT] if saved is None else [])
     ids, hashes = [], []
-    for part in parts:
+    for part in parts if columns else []:
         table = pq.read_table(part, columns=columns)
-        ids.append(table.column(S.DOC_ID))
+        if with_ids:
+            ids.append(table.column(S.DOC_ID))
         if saved is None:
             hashes.append(content_hashes(table.column(S.TEXT)))
-    doc_ids = pa.chunked_array(ids, pa.string()).combine_chunks()
+    doc_ids = (
+        pa.chunked_array([c for i in ids for c in i.chunks], pa.string()) if with_ids else None
+    )
     if saved is not None:
         return doc_ids, saved, True
     return doc_ids, np.concatenate(hashes) if hashes else np.empty((0, 2), np.uint64), False
@@ -100,7 +104,9 @@ def _corpus_ids_and_hashes(
 def _hashes_of(layout: RunLayout, n_docs: int) -> NDArray[np.uint64]:
     """A run's content hashes: saved, or computed from its corpus."""
     saved = _saved_hashes(layout, n_docs)
-    return saved if saved is not None else _corpus_ids_and_hashes(layout, reuse_saved=False)[1]
+    if saved is not None:
+        return saved
+    return _corpus_ids_and_hashes(layout, reuse_saved=False, with_ids=False)[1]
 
 
 def _save_hashes(layout: RunLayout, hashes: NDArray[np.uint64], ingest_key: str) -> None:
@@ -179,8 +185,8 @@ def find_changes(layout: RunLayout, previous: RunLayout, by_id: bool = True) -> 
             False for ids derived from file name, row and text, which change with any of them:
             then documents are matched by text, and none counts as changed.
     """
-    ids, hashes, saved = _corpus_ids_and_hashes(layout, reuse_saved=True)
-    old_ids, old_hashes, _ = _corpus_ids_and_hashes(previous, reuse_saved=True)
+    ids, hashes, saved = _corpus_ids_and_hashes(layout, reuse_saved=True, with_ids=by_id)
+    old_ids, old_hashes, _ = _corpus_ids_and_hashes(previous, reuse_saved=True, with_ids=by_id)
     if not saved:  # a corpus ingested before ingest saved its hashes
         _save_hashes(layout, hashes, _ingest_key(layout))
 
@@ -193,7 +199,8 @@ def find_changes(layout: RunLayout, previous: RunLayout, by_id: bool = True) -> 
     sources[np.flatnonzero(hit)[agree]] = candidates[agree]
 
     if by_id:
-        at = _first_positions(ids, old_ids)
+        assert ids is not None and old_ids is not None  # read with by_id
+        at = _first_positions(ids, old_ids.combine_chunks())
         known = at >= 0
         same = np.zeros(len(ids), np.bool_)
         same[known] = np.all(old_hashes[at[known]] == hashes[known], axis=1)
@@ -241,7 +248,7 @@ def has_changes(layout: RunLayout) -> bool:
 
 
 def _first_positions(
-    keys: pa.Array | NDArray[np.uint64], known: pa.Array | NDArray[np.uint64]
+    keys: pa.Array | pa.ChunkedArray | NDArray[np.uint64], known: pa.Array | NDArray[np.uint64]
 ) -> NDArray[np.int64]:
     """Per key, the position of its first occurrence in `known`, or -1 (an Arrow hash
     lookup: a million string ids take a fraction of a second, without Python objects)."""
