@@ -20,7 +20,7 @@ from udl.datasets import CENTROIDS_FILE, RunLayout, decode_vectors
 from udl.embed import embed_with_checkpoint
 from udl.features import transform_features
 from udl.incremental import copy_models, merge_embeddings, merge_features, plan_delta
-from udl.lineage import config_of, space_of
+from udl.lineage import config_of, recorded_key, space_of
 from udl.parallel import dask_client
 from udl.storage import read_json
 
@@ -92,6 +92,8 @@ def reuse_embeddings_task(
         return {
             "rows": len(sources),
             "reused_from": previous.run_id,
+            # The embeddings the rows came from: the report's kept sample must be of them.
+            "reused_key": recorded_key(previous, "embed"),
             "computed": computed.num_rows,
             "parts_linked": linked,
             "space": space_of(previous),

@@ -263,18 +263,21 @@ def test_a_nights_report_sample_comes_from_the_last_sample_and_its_computed_text
     """The report's sample of 100 documents of 1,010: the 100 with features whose seeded id
     hashes are smallest. Night 2 takes their vectors from night 1's kept sample (110 rows)
     and from its own computed texts, never from its embeddings parts, and gets the sample
-    that reading the parts gives. With part of the kept sample lost, the parts give the rest;
-    a kept sample of other embeddings is not used."""
+    that reading the parts gives, whatever the seed. With part of the kept sample lost, the
+    parts give the rest; a kept sample of other embeddings, or an empty one, is not used."""
     from flows.pipeline import clustering_pipeline
     from udl import report_sample
     from udl.datasets import RunLayout, no_features_mask, read_embeddings
+    from udl.lineage import recorded_key
 
     output = _copy_output(nights, "sample")
     clustering_pipeline(_config(nights["night2"], output, "night2", policy="frozen"))
     first, second = RunLayout(output, "night1"), RunLayout(output, "night2")
-    size, seed = 100, 3
-    report_sample.read_sample(first, size, seed)
-    assert pq.read_metadata(first.report_sample).num_rows == 110
+    embed = read_json(second.step_record("embed"))
+    assert embed["reused_key"] == recorded_key(first, "embed")
+    written = pq.read_schema(second.report_sample).metadata[report_sample.EMBED_KEY]
+    assert written == embed["key"].encode()  # the pipeline's report kept its sample
+    reused = report_sample.Reused(first, embed["reused_key"])
 
     opened: list[Path] = []
 
@@ -283,39 +286,44 @@ def test_a_nights_report_sample_comes_from_the_last_sample_and_its_computed_text
             opened.append(folder)
             super().__init__(folder, *args, **kwargs)
 
+    def check(size: int, seed: int, parts_read: bool) -> report_sample.Sample:
+        opened.clear()
+        taken = report_sample.read_sample(second, size, seed, reused)
+        assert (second.embeddings in opened) == parts_read, seed
+        opened.clear()
+        read = report_sample.read_sample(second, size, seed)
+        assert second.embeddings in opened
+        for got, expected in zip(
+            (taken.x, taken.clusters, taken.anomaly),
+            (read.x, read.clusters, read.anomaly),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(got, expected)
+        return read
+
     monkeypatch.setattr(report_sample, "PartRows", Recorded)
-    taken = report_sample.read_sample(second, size, seed, reused_from=first)
-    assert second.embeddings not in opened
-    read = report_sample.read_sample(second, size, seed)
-    assert second.embeddings in opened
-    for got, expected in zip(
-        (taken.x, taken.clusters, taken.anomaly), (read.x, read.clusters, read.anomaly), strict=True
-    ):
-        np.testing.assert_array_equal(got, expected)
+    size = 100
+    for seed in range(8):
+        report_sample.read_sample(first, size, seed)  # night 1's report, at this size
+        assert pq.read_metadata(first.report_sample).num_rows == 110
+        read = check(size, seed, parts_read=False)
 
     # Brute force over every document: the sample is the `size` smallest keys.
     assignments = pq.read_table(second.assignments)
     eligible = np.flatnonzero(~no_features_mask(assignments))
     keys = report_sample._keys(assignments.column(S.DOC_ID).take(eligible), seed)
     rows = np.sort(eligible[np.argsort(keys, kind="stable")[:size]])
-    _, vectors, _ = read_embeddings(second.embeddings)
+    _, vectors, anomaly = read_embeddings(second.embeddings)
     np.testing.assert_array_equal(read.x, vectors[rows])
+    np.testing.assert_array_equal(read.anomaly, anomaly[rows])
     clusters = assignments.column(S.CLUSTER_ID).to_numpy()[rows]
     np.testing.assert_array_equal(read.clusters, clusters)
 
     # Half the kept rows lost: the other half still comes from them, the rest from the parts.
+    report_sample.read_sample(first, size, seed)
     kept = pq.read_table(first.report_sample)
     pq.write_table(kept.slice(0, 55), first.report_sample)
-    opened.clear()
-    partly = report_sample.read_sample(second, size, seed, reused_from=first)
-    assert second.embeddings in opened
-    np.testing.assert_array_equal(partly.x, read.x)
-    np.testing.assert_array_equal(partly.anomaly, read.anomaly)
-
-    pq.write_table(
-        kept.replace_schema_metadata({report_sample.EMBED_KEY: b"other"}), first.report_sample
-    )
-    opened.clear()
-    stale = report_sample.read_sample(second, size, seed, reused_from=first)
-    assert second.embeddings in opened
-    np.testing.assert_array_equal(stale.x, read.x)
+    check(size, seed, parts_read=True)
+    for stale in (kept.replace_schema_metadata({report_sample.EMBED_KEY: b"other"}), kept[:0]):
+        pq.write_table(stale, first.report_sample)
+        check(size, seed, parts_read=True)

@@ -281,7 +281,9 @@ def reuse_steps(source: RunLayout, target: RunLayout, steps: tuple[str, ...]) ->
                 shutil.copytree(src, dst, dirs_exist_ok=True)
             else:
                 shutil.copy2(src, dst)
-        write_json_atomic(target.step_record(step), {**record, "reused_from": source.run_id})
+        # A step taken over whole: not a merge of `source`'s rows (no "reused_key").
+        taken = {name: value for name, value in record.items() if name != "reused_key"}
+        write_json_atomic(target.step_record(step), {**taken, "reused_from": source.run_id})
     return record
 
 

@@ -45,7 +45,7 @@ from udl.report_inputs import (
     rejects_by_reason,
     stream_parts,
 )
-from udl.report_sample import Sample, read_sample
+from udl.report_sample import Reused, Sample, read_sample
 from udl.storage import read_json, write_json_atomic
 
 __all__ = ["ReportResult", "build_report"]
@@ -226,13 +226,11 @@ def build_report(
     """
     started = time.perf_counter()
     report, metric = config.report, steps["cluster"]["metric"]
-    reused_from = steps.get("embed", {}).get("reused_from")
-    sample = read_sample(
-        layout,
-        report.metrics_sample,
-        config.runtime.seed,
-        RunLayout(layout.output_dir, reused_from) if reused_from else None,
-    )
+    embed = steps.get("embed", {})
+    reused = None
+    if embed.get("reused_key"):  # an incremental run: its rows are the previous run's
+        reused = Reused(RunLayout(layout.output_dir, embed["reused_from"]), embed["reused_key"])
+    sample = read_sample(layout, report.metrics_sample, config.runtime.seed, reused)
     scores = internal_scores(sample.x, sample.clusters, metric)
     threshold = _anomaly_threshold(sample.anomaly, report.outlier_fraction)
     # Runs written before the width was recorded with the features have it in their config.

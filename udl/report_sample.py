@@ -1,15 +1,17 @@
-"""The report's seeded sample of embeddings, read without decoding every embeddings part when
-the run reused the previous run's vectors.
+"""The report's sample of embeddings, read without decoding every embeddings part when the
+run reused the previous run's vectors.
 
 The sample is the `size` documents with features whose seeded hashes of their ids are the
-smallest: a uniform draw without replacement, like any seeded draw, but one in which a
-document stays whatever other documents are added, changed or deleted. An incremental run
-(`udl.incremental`) copies the previous run's vectors for unchanged texts, so most of its
+smallest: a uniform draw without replacement, like any seeded draw, in which each document's
+chance comes from its id alone. From one night to the next, a document whose id stays keeps
+its hash, so it stays in the sample unless documents with smaller hashes arrive (ids derived
+from row numbers change when rows are inserted, and then so does the sample). An incremental
+run (`udl.incremental`) copies the previous run's vectors for unchanged texts, so most of its
 sampled vectors are rows the previous report already read: each report keeps its sampled
-rows' vectors, plus SPARE more candidates, in ``report/sample.parquet``, and the next run
-takes them from there, takes the vectors of the texts it computed from ``delta/``, and reads
-only the embeddings parts that hold the rest. Where the vectors come from changes nothing in
-the sample: it equals, vector for vector, the one read from the parts.
+rows' vectors, with SPARE more candidates, in ``report/sample.parquet``, and the next run
+takes them from there, the vectors of the texts it computed from ``delta/``, and reads only
+the embeddings parts that hold the rest. Where a vector comes from changes nothing in the
+sample: it equals, vector for vector, the one read from the parts.
 
 Memory is bounded by the sample: ids are hashed part by part, keeping the best candidates.
 """
@@ -30,7 +32,7 @@ from udl.changes import delta_path, has_changes, read_changes
 from udl.datasets import RunLayout, decode_vectors, no_features_mask
 from udl.storage import PartRows, dataset_parts, read_json, write_table_atomic
 
-__all__ = ["Sample", "read_sample"]
+__all__ = ["Reused", "Sample", "read_sample"]
 
 # Candidates kept beyond the sample for the next run (share of the sample): a document whose
 # rank moves up because documents before it were deleted or re-identified is still there.
@@ -48,6 +50,15 @@ class Sample:
     x: NDArray[np.float32]
     clusters: NDArray[np.int64]
     anomaly: NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Reused:
+    """The run an incremental run's embeddings were merged from, and that run's embed key
+    then (its embed step's ``reused_from`` and ``reused_key``)."""
+
+    run: RunLayout
+    embed_key: str
 
 
 @dataclass(frozen=True)
@@ -127,22 +138,26 @@ class _Vectors:
         self.found[at] = True
 
 
-def _from_previous(vectors: _Vectors, layout: RunLayout, reused_from: RunLayout) -> None:
-    """Fill what an incremental run can take without its embeddings parts: rows it reused
-    from `reused_from` that its report kept, and rows it computed (``delta/embeddings``)."""
+def _from_previous(vectors: _Vectors, layout: RunLayout, reused: Reused) -> None:
+    """Fill what an incremental run can take without its embeddings parts: rows it computed
+    (``delta/embeddings``) and rows it reused that the previous report kept, if that report
+    read the embeddings the rows were copied from."""
     plan = read_changes(layout, mapped=True)
     sources = np.asarray(plan[vectors.rows])
     computed = np.flatnonzero(sources < 0)
     if len(computed):
         delta = PartRows(delta_path(layout, "embeddings"), columns=[S.EMBEDDING, S.ANOMALY])
-        at = _computed_positions(plan, vectors.rows[computed])
-        vectors.fill(computed, delta.take(at))
-    if not reused_from.report_sample.is_file():
+        vectors.fill(computed, delta.take(_computed_positions(plan, vectors.rows[computed])))
+    path = reused.run.report_sample
+    if not path.is_file():
         return
-    kept = pq.read_table(reused_from.report_sample)
-    if (kept.schema.metadata or {}).get(EMBED_KEY) != _embed_key(reused_from):
-        return  # kept from embeddings that run has replaced since
+    kept = pq.read_table(path)
+    # A previous run re-run since (same id, other settings) kept other vectors.
+    if (kept.schema.metadata or {}).get(EMBED_KEY) != reused.embed_key.encode():
+        return
     kept_rows = kept.column(S.ROW).to_numpy()
+    if not len(kept_rows):
+        return
     index = np.minimum(np.searchsorted(kept_rows, sources), len(kept_rows) - 1)
     hit = np.flatnonzero((sources >= 0) & (kept_rows[index] == sources))
     vectors.fill(hit, kept.take(pa.array(index[hit])))
@@ -153,9 +168,7 @@ def _embed_key(layout: RunLayout) -> bytes:
     return str(read_json(record).get("key", "")).encode() if record.exists() else b""
 
 
-def read_sample(
-    layout: RunLayout, size: int, seed: int, reused_from: RunLayout | None = None
-) -> Sample:
+def read_sample(layout: RunLayout, size: int, seed: int, reused: Reused | None = None) -> Sample:
     """The report's sample (module docstring) of `layout`'s documents with features; keeps its
     rows' vectors in ``report/sample.parquet`` for the next run.
 
@@ -163,29 +176,31 @@ def read_sample(
         layout: the run, with its assignments and embeddings written.
         size: at most this many documents.
         seed: the run's seed.
-        reused_from: the run whose vectors `layout` reused by content (its embed step's
-            ``reused_from``); its kept sample and `layout`'s computed vectors are taken before
-            any embeddings part is read.
+        reused: for an incremental run, where its reused rows came from: that run's kept
+            sample and `layout`'s computed vectors are used before any embeddings part.
     """
-    spare = int(np.ceil(size * SPARE))
-    candidates = _candidates(layout, size + spare, seed)
+    candidates = _candidates(layout, size + int(np.ceil(size * SPARE)), seed)
     vectors = _Vectors(layout, candidates.rows)
-    if reused_from is not None and has_changes(layout):
-        _from_previous(vectors, layout, reused_from)
-    missing = np.flatnonzero(~vectors.found)
-    if len(missing):
+    if reused is not None and has_changes(layout):
+        _from_previous(vectors, layout, reused)
+    chosen = candidates.rank < size
+    if np.any(chosen & ~vectors.found):
         parts = PartRows(layout.embeddings, columns=[S.EMBEDDING, S.ANOMALY])
+        part_of = np.searchsorted(parts.starts, candidates.rows, side="right") - 1
+        # Spare candidates come along from the parts read anyway, never a part of their own.
+        read = np.isin(part_of, part_of[chosen & ~vectors.found])
+        missing = np.flatnonzero(read & ~vectors.found)
         vectors.fill(missing, parts.take(candidates.rows[missing]))
+    found = vectors.found
     kept = pa.table(
         {
-            S.ROW: pa.array(candidates.rows, pa.int64()),
+            S.ROW: pa.array(candidates.rows[found], pa.int64()),
             S.EMBEDDING: pa.FixedSizeListArray.from_arrays(
-                pa.array(vectors.x.ravel()), vectors.x.shape[1]
+                pa.array(vectors.x[found].ravel()), vectors.x.shape[1]
             ),
-            S.ANOMALY: pa.array(vectors.anomaly, pa.float32()),
+            S.ANOMALY: pa.array(vectors.anomaly[found], pa.float32()),
         },
         metadata={EMBED_KEY: _embed_key(layout)},
     )
     write_table_atomic(kept, layout.report_sample)
-    chosen = candidates.rank < size
     return Sample(vectors.x[chosen], candidates.clusters[chosen], vectors.anomaly[chosen])

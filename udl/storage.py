@@ -302,7 +302,8 @@ def sample_rows(
     seed: int,
     eligible: list[NDArray[np.bool_]] | None = None,
 ) -> list[tuple[int, NDArray[np.int64]]]:
-    """The one seeded sampler: a uniform sample of at most `size` rows across a dataset's
+    """The seeded sampler of training and fitting samples (the report draws by id hash,
+    `udl.report_sample`): a uniform sample of at most `size` rows across a dataset's
     parts, drawn among the rows marked in `eligible` (one mask per part; all rows when None).
 
     Returns:
