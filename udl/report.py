@@ -1,9 +1,9 @@
 """The run report: ``report/metrics.json`` and one self-contained ``report/index.html``.
 
-Memory does not grow with the corpus: one seeded sample (``report.metrics_sample`` documents)
-(`udl.report_sample`) feeds the internal scores, the map, the silhouette plot and the anomaly threshold; everything
-else (sizes, keywords, representatives, outliers, label scores, rejects by reason) comes from
-one streamed pass over the run's parts (`udl.report_inputs`). Documents without features
+Memory does not grow with the corpus: one seeded sample (``report.metrics_sample`` documents,
+`udl.report_sample`) feeds the internal scores, the map, the silhouette plot and the anomaly
+threshold; everything else (sizes, keywords, representatives, outliers, label scores, rejects
+by reason) comes from one streamed pass over the run's parts (`udl.report_inputs`). Documents without features
 (status ``no_features``) are counted and shown apart, never as representatives or outliers.
 Every step's ``warnings`` and the report's own open the page as a banner and go to
 metrics.json. The HTML (template ``udl/templates/report.html``) inlines its CSS and figures
