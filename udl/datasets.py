@@ -48,6 +48,7 @@ __all__ = [
     "aligned_parts",
     "decode_vectors",
     "embeddings_table",
+    "encode_vectors",
     "feature_width",
     "features_table",
     "mark_latest",
@@ -226,6 +227,11 @@ def decode_vectors(column: pa.Array | pa.ChunkedArray) -> NDArray[np.float32]:
     return values.reshape(len(array), array.type.list_size).astype(np.float32, copy=False)
 
 
+def encode_vectors(x: NDArray[np.float32]) -> pa.FixedSizeListArray:
+    """A float32 array (n, dim) as a fixed-size-list column (the inverse of `decode_vectors`)."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), x.shape[1])
+
+
 def no_features_mask(table: pa.Table) -> NDArray[np.bool_] | None:
     """Which rows of an assignments table have status no_features.
 
@@ -253,7 +259,7 @@ def embeddings_table(
     return pa.Table.from_arrays(
         [
             pa.array(doc_ids, pa.string()),
-            pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+            encode_vectors(vectors),
             pa.array(scores, pa.float32()),
             pa.array(featured, pa.bool_()),
         ],

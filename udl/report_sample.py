@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from udl import schema as S
 from udl.changes import delta_path, has_changes, read_changes
-from udl.datasets import RunLayout, decode_vectors, no_features_mask
+from udl.datasets import RunLayout, decode_vectors, encode_vectors, no_features_mask
 from udl.storage import PartRows, dataset_parts, read_json, write_table_atomic
 
 __all__ = ["Reused", "Sample", "read_sample"]
@@ -164,6 +164,7 @@ def _from_previous(vectors: _Vectors, layout: RunLayout, reused: Reused) -> None
 
 
 def _embed_key(layout: RunLayout) -> bytes:
+    """The run's embed step key; empty where the run has no embed record or key."""
     record = layout.step_record("embed")
     return str(read_json(record).get("key", "")).encode() if record.exists() else b""
 
@@ -195,9 +196,7 @@ def read_sample(layout: RunLayout, size: int, seed: int, reused: Reused | None =
     kept = pa.table(
         {
             S.ROW: pa.array(candidates.rows[found], pa.int64()),
-            S.EMBEDDING: pa.FixedSizeListArray.from_arrays(
-                pa.array(vectors.x[found].ravel()), vectors.x.shape[1]
-            ),
+            S.EMBEDDING: encode_vectors(vectors.x[found]),
             S.ANOMALY: pa.array(vectors.anomaly[found], pa.float32()),
         },
         metadata={EMBED_KEY: _embed_key(layout)},
